@@ -1,0 +1,131 @@
+"""Extended phase graph (EPG) simulation of FISP-MRF fingerprints in JAX.
+
+The EPG (Weigel, JMRI 2015) describes magnetization as configuration states: transverse
+F+(k), F-(k) and longitudinal Z(k), k = 0 .. num_states-1, where k counts the dephasing
+(multiples of the unbalanced gradient's twist). Each FISP shot is
+
+    RF rotation (flip * B1, about +y)  ->  read F+(0) at TE  ->  relax over TR
+    ->  shift every state by one (the unbalanced gradient dephases 8*pi per TR, far more
+        than a voxel's width, so the echo is built from the k = 0 state only).
+
+Pulsing about +y (RF phase pi/2) keeps every state real, so the whole graph runs in real
+float32 arithmetic, and the k = 0 signal comes out real and signed: positive for positive
+Mz, negative early in the train while Mz is still inverted. Times in ms, angles in degrees,
+T1/T2 in ms, B1 a relative scale of the flip angle (1 = nominal). M0 = 1.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qsnet_jax.physics.mrf import MRFSchedule
+
+DEFAULT_NUM_STATES = 64
+# Batches are padded up to a power of two at least this large (and cut into `chunk`-sized
+# pieces above), so only a handful of shapes are ever compiled.
+_MIN_BUCKET = 256
+
+
+def _rotate(fp, fm, z, alpha):
+    """RF rotation by `alpha` (rad) about +y, applied to every state k (Weigel eq. 15)."""
+    c2, s2 = jnp.cos(alpha / 2) ** 2, jnp.sin(alpha / 2) ** 2
+    sa, ca = jnp.sin(alpha), jnp.cos(alpha)
+    return (c2 * fp - s2 * fm + sa * z,
+            -s2 * fp + c2 * fm + sa * z,
+            -0.5 * sa * (fp + fm) + ca * z)
+
+
+def _relax(fp, fm, z, e1, e2):
+    """T1/T2 relaxation over one interval; only Z(0) recovers towards M0 = 1."""
+    z = (z * e1).at[0].add(1.0 - e1)
+    return fp * e2, fm * e2, z
+
+
+def _shift(fp, fm):
+    """Dephase by one state: F+(k) <- F+(k-1), F-(k) <- F-(k+1), F+(0) = conj F-(1)."""
+    fp_new = jnp.concatenate([fm[1:2], fp[:-1]])
+    fm_new = jnp.concatenate([fp_new[0:1], fm[2:], jnp.zeros_like(fm[:1])])
+    return fp_new, fm_new
+
+
+def _fingerprint_one(t1_ms, t2_ms, b1, flip_rad, tr_ms, te_ms, initial_mz,
+                     inversion_delay_ms, num_states):
+    """The FISP-MRF signal [N] of one tissue (scalars t1_ms, t2_ms, b1)."""
+    zeros = jnp.zeros((num_states,), jnp.float32)
+    # Adiabatic inversion (spoiled: no transverse magnetization left), then free recovery
+    # until the first shot.
+    e1_inv = jnp.exp(-inversion_delay_ms / t1_ms)
+    mz = initial_mz * e1_inv + (1.0 - e1_inv)
+    state = (zeros, zeros, zeros.at[0].set(mz))
+    e2_te = jnp.exp(-te_ms / t2_ms)
+
+    def shot(carry, inputs):
+        alpha, tr = inputs
+        fp, fm, z = _rotate(*carry, alpha * b1)
+        signal = fp[0] * e2_te  # T1 recovery during TE does not touch F(0)
+        fp, fm, z = _relax(fp, fm, z, jnp.exp(-tr / t1_ms), jnp.exp(-tr / t2_ms))
+        fp, fm = _shift(fp, fm)
+        return (fp, fm, z), signal
+
+    _, signals = jax.lax.scan(shot, state, (flip_rad, tr_ms))
+    return signals
+
+
+@functools.partial(jax.jit, static_argnames=("num_states",))
+def _fingerprints_batch(t1_ms, t2_ms, b1, flip_rad, tr_ms, te_ms, initial_mz,
+                        inversion_delay_ms, *, num_states):
+    one = functools.partial(_fingerprint_one, num_states=num_states)
+    return jax.vmap(one, in_axes=(0, 0, 0) + (None,) * 5)(
+        t1_ms, t2_ms, b1, flip_rad, tr_ms, te_ms, initial_mz, inversion_delay_ms)
+
+
+def _bucket(n, chunk):
+    return min(chunk, max(_MIN_BUCKET, 1 << max(n - 1, 0).bit_length()))
+
+
+def _schedule_constants(schedule):
+    """(flip rad, TR, TE, Mz after the inversion, delay) as device arrays."""
+    if schedule.inversion:
+        initial_mz, delay = -schedule.inversion_efficiency, schedule.inversion_delay_ms
+    else:
+        initial_mz, delay = 1.0, 0.0
+    return (jnp.asarray(np.deg2rad(schedule.flip_deg), jnp.float32),
+            jnp.asarray(schedule.tr_ms, jnp.float32), jnp.float32(schedule.te_ms),
+            jnp.float32(initial_mz), jnp.float32(delay))
+
+
+def simulate_fisp(schedule: MRFSchedule, t1_ms, t2_ms, b1=1.0, *,
+                  num_states: int = DEFAULT_NUM_STATES, chunk: int = 2048) -> jnp.ndarray:
+    """FISP-MRF fingerprints of tissues with the given T1, T2 (ms) and B1 (relative).
+
+    t1_ms, t2_ms, b1 broadcast against each other to a shape S; the result is float32
+    [*S, N] (N = schedule.num_trs): the real transverse signal F+(0) at TE of each shot for
+    M0 = 1, signed (negative while the inverted magnetization has not recovered).
+    `num_states` EPG states are kept; higher ones are dropped. Only states that are refocused
+    back to k = 0 matter, so 64 states are exact to float32 for brain tissue on the default
+    1000-shot schedule and within 0.8% of the peak signal for CSF (T2 1750 ms), measured
+    against 400 states.
+    Tissues are simulated `chunk` at a time.
+    """
+    t1, t2, b1 = (np.asarray(a, np.float32) for a in np.broadcast_arrays(t1_ms, t2_ms, b1))
+    shape = t1.shape
+    t1, t2, b1 = t1.reshape(-1), t2.reshape(-1), b1.reshape(-1)
+    if t1.size and (np.any(t1 <= 0) or np.any(t2 <= 0)):
+        raise ValueError("T1 and T2 must be positive (ms)")
+    constants = _schedule_constants(schedule)
+    pieces = []
+    for start in range(0, t1.size, chunk):
+        stop = min(start + chunk, t1.size)
+        size = _bucket(stop - start, chunk)
+        # Pad with a harmless tissue so the compiled shape stays fixed.
+        padded = [np.pad(a[start:stop], (0, size - (stop - start)), constant_values=1.0)
+                  for a in (t1, t2, b1)]
+        out = _fingerprints_batch(*padded, *constants, num_states=num_states)
+        pieces.append(out[: stop - start])
+    if not pieces:
+        return jnp.zeros(shape + (schedule.num_trs,), jnp.float32)
+    return jnp.concatenate(pieces).reshape(shape + (schedule.num_trs,))
