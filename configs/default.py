@@ -31,6 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
     data.shuffle_buffer = 2048
     data.prefetch = 2
     data.tfds_data_dir = ""  # where TFDS writes prepared data; empty: <cohort>/tfds
+    data.convert_seconds = False  # T1/T2 maps given in seconds are multiplied by 1000
+    data.resample = False  # modalities on another grid are resampled onto the T1 map's grid
 
     # --------------------------------------------------------------- model
     config.model = model = ml_collections.ConfigDict()
