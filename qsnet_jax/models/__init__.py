@@ -1,0 +1,108 @@
+"""Models built by name from config (docs/interfaces.md, "Models").
+
+    generator = build_generator(config.model, input_channels=config.data.input_channels,
+                                target_channels=config.data.target_channels,
+                                context_slices=config.data.context_slices)
+    out = generator.apply(variables, x, train=True, rngs={"dropout": key},
+                          mutable=["batch_stats"])   # GeneratorOutput(prediction, aux)
+    discriminator = build_discriminator(config.discriminator)  # None when name == "none"
+    logits_per_scale = discriminator.apply(d_variables, x, out.prediction, train=True)
+
+Generators: see GENERATORS. Channels may be given as names (needed by "physics") or counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from qsnet_jax.models import layers
+from qsnet_jax.models.discriminators import ConditionalDiscriminator
+from qsnet_jax.models.qsnet import GeneratorOutput, ResidualUNet
+from qsnet_jax.models.summary import count_params, model_summary
+
+__all__ = ["GENERATORS", "DISCRIMINATORS", "GeneratorOutput", "build_generator",
+           "build_discriminator", "is_encoder_param", "model_summary", "count_params"]
+
+ENCODER_PREFIXES = ("encoder", "stem")
+
+
+def _count(channels) -> int:
+    return channels if isinstance(channels, int) else len(channels)
+
+
+def _residual_unet(model_config, *, deep_supervision, target_channels, **_):
+    return ResidualUNet(
+        out_channels=_count(target_channels),
+        base_width=model_config.base_width,
+        depth=model_config.depth,
+        blocks_per_level=model_config.blocks_per_level,
+        bottleneck_width=model_config.bottleneck_width,
+        norm=layers.check_norm(model_config.norm),
+        activation=model_config.activation,
+        dropout=model_config.dropout,
+        output_activation=model_config.output_activation,
+        deep_supervision=deep_supervision,
+        dtype=layers.compute_dtype(model_config.dtype),
+    )
+
+
+def _qsnet(model_config, **kwargs):
+    return _residual_unet(model_config, deep_supervision=model_config.deep_supervision,
+                          **kwargs)
+
+
+def _resunet(model_config, **kwargs):
+    return _residual_unet(model_config, deep_supervision=False, **kwargs)
+
+
+# name -> builder(model_config, *, input_channels, target_channels, context_slices)
+GENERATORS = {
+    "qsnet": _qsnet,
+    "resunet": _resunet,
+}
+
+# name -> number of scales (None: config.discriminator.num_scales)
+DISCRIMINATORS = {"patchgan": 1, "multiscale_patchgan": None}
+
+
+def build_generator(model_config, *, input_channels: Sequence[str] | int,
+                    target_channels: Sequence[str] | int, context_slices: int = 0):
+    """The generator named by model_config.name (a flax.linen.Module)."""
+    try:
+        builder = GENERATORS[model_config.name]
+    except KeyError:
+        raise ValueError(f"unknown model.name {model_config.name!r}; "
+                         f"known: {sorted(GENERATORS)}") from None
+    if context_slices < 0:
+        raise ValueError(f"context_slices must be >= 0, got {context_slices}")
+    for what, channels in (("input", input_channels), ("target", target_channels)):
+        if _count(channels) < 1:
+            raise ValueError(f"a generator needs at least one {what} channel")
+    return builder(model_config, input_channels=input_channels,
+                   target_channels=target_channels, context_slices=context_slices)
+
+
+def build_discriminator(disc_config):
+    """The discriminator named by disc_config.name, or None for "none"."""
+    if disc_config.name == "none":
+        return None
+    if disc_config.name not in DISCRIMINATORS:
+        raise ValueError(f"unknown discriminator.name {disc_config.name!r}; "
+                         f"known: {sorted(DISCRIMINATORS) + ['none']}")
+    num_scales = DISCRIMINATORS[disc_config.name] or disc_config.num_scales
+    return ConditionalDiscriminator(
+        base_width=disc_config.base_width, num_layers=disc_config.num_layers,
+        num_scales=num_scales, norm=disc_config.norm,
+        spectral_norm=disc_config.spectral_norm)
+
+
+def is_encoder_param(path) -> bool:
+    """Whether a parameter belongs to the generator encoder (frozen in early fine-tuning).
+
+    path: a key tuple of flax.traverse_util.flatten_dict(params) (a leading "params" is
+    allowed); the encoder is every top-level module named stem* or encoder*.
+    """
+    keys = [getattr(k, "key", k) for k in path]  # also accept jax tree paths (DictKey)
+    if keys and keys[0] == "params":
+        keys = keys[1:]
+    return bool(keys) and str(keys[0]).startswith(ENCODER_PREFIXES)

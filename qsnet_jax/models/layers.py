@@ -1,0 +1,173 @@
+"""Building blocks shared by the generators: normalization, activations, residual block,
+learned up-sampling, and the pad-to-a-multiple / crop-back helpers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+NORMS = ("group", "instance", "batch", "none")
+ACTIVATIONS = {
+    "silu": nn.silu,
+    "relu": nn.relu,
+    "leaky_relu": lambda x: nn.leaky_relu(x, negative_slope=0.2),
+    "gelu": nn.gelu,
+}
+OUTPUT_ACTIVATIONS = {"sigmoid": nn.sigmoid, "none": lambda x: x, "tanh": jnp.tanh}
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# GroupNorm uses up to this many groups (Wu & He 2018); fewer when the width is not divisible.
+MAX_GROUPS = 32
+
+
+def activation_fn(name: str) -> Callable:
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
+
+
+def output_activation_fn(name: str) -> Callable:
+    try:
+        return OUTPUT_ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown output_activation {name!r}; "
+                         f"known: {sorted(OUTPUT_ACTIVATIONS)}") from None
+
+
+def compute_dtype(name: str) -> Dtype:
+    try:
+        return COMPUTE_DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown compute dtype {name!r}; known: {sorted(COMPUTE_DTYPES)}"
+                         ) from None
+
+
+def check_norm(name: str) -> str:
+    if name not in NORMS:
+        raise ValueError(f"unknown norm {name!r}; known: {list(NORMS)}")
+    return name
+
+
+def normalize(x, kind: str, *, train: bool, dtype: Dtype = jnp.float32, name: str | None = None):
+    """Apply the normalization `kind` to NHWC `x`. Call inside a compact method.
+
+    Batch norm keeps running statistics in the "batch_stats" collection (updated when train);
+    group and instance norm do not depend on the batch (DESIGN.md section 3).
+    """
+    if kind == "none":
+        return x
+    if kind == "group":
+        groups = math.gcd(x.shape[-1], MAX_GROUPS)
+        return nn.GroupNorm(num_groups=groups, dtype=dtype, name=name)(x)
+    if kind == "instance":
+        return nn.InstanceNorm(dtype=dtype, name=name)(x)
+    if kind == "batch":
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype,
+                            name=name)(x)
+    raise ValueError(f"unknown norm {kind!r}; known: {list(NORMS)}")
+
+
+class ResidualBlock(nn.Module):
+    """conv3x3-norm-act-(dropout)-conv3x3-norm, plus the input (1x1-projected when the width
+    changes), then the activation: the basic block of He et al. 2016."""
+
+    features: int
+    norm: str = "group"
+    activation: str = "silu"
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        act = activation_fn(self.activation)
+        # A bias before a normalization is cancelled by it; keep one only without norm.
+        use_bias = self.norm == "none"
+        conv = lambda name: nn.Conv(self.features, (3, 3), padding="SAME", use_bias=use_bias,
+                                    dtype=self.dtype, name=name)
+        h = conv("conv_0")(x)
+        h = act(normalize(h, self.norm, train=train, dtype=self.dtype, name="norm_0"))
+        if self.dropout > 0:
+            h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = conv("conv_1")(h)
+        h = normalize(h, self.norm, train=train, dtype=self.dtype, name="norm_1")
+        skip = x
+        if x.shape[-1] != self.features:
+            skip = nn.Conv(self.features, (1, 1), dtype=self.dtype, name="skip_projection")(x)
+        return act(h + skip)
+
+
+class MatmulUpsample2x(nn.Module):
+    """A learned 2x up-sampling, mathematically a 2x2 stride-2 transposed convolution, written
+    as one matrix product plus a depth-to-space reshape.
+
+    Each input pixel emits a 2x2 block of output pixels: out[2i+a, 2j+b] = x[i, j] @ K[:, a, b]
+    + bias. Same parameters as nn.ConvTranspose(features, (2, 2), strides=(2, 2)) (its kernel is
+    ours flipped and transposed, see the test), but XLA on CPU computes the weight gradient of
+    the transposed convolution at ~2 GFLOP/s and of a matmul at full speed (DESIGN.md sec. 7).
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        batch, height, width, channels = x.shape
+        # LeCun-normal with the true fan-in: each output pixel sees one input pixel.
+        kernel = self.param("kernel", nn.initializers.variance_scaling(
+            1.0, "fan_in", "truncated_normal", in_axis=0, out_axis=(1, 2, 3)),
+            (channels, 2, 2, self.features), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jnp.dot(x.reshape(-1, channels), kernel.reshape(channels, 4 * self.features))
+        return depth_to_space(y.reshape(batch, height, width, 4 * self.features), 2) + bias
+
+
+def pad_to_multiple(x, multiple: int):
+    """Zero-pad NHWC `x` at the bottom and right so H and W are multiples of `multiple`.
+
+    Zeros, not reflection: the normalized images have a zero background, so zero padding adds
+    more background instead of mirrored anatomy, and it works for any size (reflection needs
+    the pad to be smaller than the image). Returns (padded, (H, W)).
+    """
+    height, width = x.shape[1], x.shape[2]
+    pad_h = -height % multiple
+    pad_w = -width % multiple
+    if pad_h or pad_w:
+        x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    return x, (height, width)
+
+
+def crop_to(x, size: tuple[int, int], downsampling: int = 1):
+    """Crop NHWC `x` back to `size` seen at 1/`downsampling` scale (ceil, as the padding was
+    at the bottom and right)."""
+    height = -(-size[0] // downsampling)
+    width = -(-size[1] // downsampling)
+    return x[:, :height, :width, :]
+
+
+def depth_to_space(x, block: int):
+    """[B, H, W, block*block*C] -> [B, H*block, W*block, C]."""
+    batch, height, width, channels = x.shape
+    out = channels // (block * block)
+    x = x.reshape(batch, height, width, block, block, out).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(batch, height * block, width * block, out)
+
+
+def space_to_depth(x, block: int):
+    """[B, H, W, C] -> [B, H/block, W/block, block*block*C] (H, W multiples of block)."""
+    batch, height, width, channels = x.shape
+    x = x.reshape(batch, height // block, block, width // block, block, channels)
+    x = x.transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(batch, height // block, width // block, block * block * channels)
+
+
+def to_float32(tree):
+    return jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), tree)

@@ -1,0 +1,85 @@
+"""The QS-Net generator: a deeply supervised residual U-Net (Ni et al., Med Phys 2026).
+
+Encoder: a 3x3 stem, then at each of `depth` levels `blocks_per_level` residual blocks (the
+level's output is kept as a skip) and a 3x3 stride-2 convolution that halves the resolution
+and moves to the next width; `blocks_per_level` residual blocks at `bottleneck_width` form
+the bottleneck. Decoder: at each level a learned 2x up-sampling (matmul form of the 2x2
+stride-2 transposed convolution), concatenation with the skip, `blocks_per_level` residual
+blocks (the first projects the doubled width back), and a 1x1 output head. With deep
+supervision every decoder level has a head; the heads below full resolution are the
+auxiliary outputs, coarse to fine. Res-UNet is the same network with only the last head.
+
+Widths: base_width * 2**level, capped at bottleneck_width.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from qsnet_jax.models import layers
+
+
+class GeneratorOutput(NamedTuple):
+    """prediction [B, H, W, C_out]; aux: deep-supervision outputs coarse -> fine, each
+    [B, ceil(H / 2**j), ceil(W / 2**j), C_out]; () when the model has none."""
+
+    prediction: Any
+    aux: tuple = ()
+
+
+class ResidualUNet(nn.Module):
+    out_channels: int
+    base_width: int = 32
+    depth: int = 4
+    blocks_per_level: int = 2
+    bottleneck_width: int = 512
+    norm: str = "group"
+    activation: str = "silu"
+    dropout: float = 0.0
+    output_activation: str = "sigmoid"
+    deep_supervision: bool = True
+    dtype: Any = jnp.float32
+
+    def level_width(self, level: int) -> int:
+        return min(self.base_width * 2**level, self.bottleneck_width)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False) -> GeneratorOutput:
+        x, size = layers.pad_to_multiple(x.astype(self.dtype), 2**self.depth)
+        block = lambda features, name: layers.ResidualBlock(
+            features, norm=self.norm, activation=self.activation, dropout=self.dropout,
+            dtype=self.dtype, name=name)
+
+        h = nn.Conv(self.level_width(0), (3, 3), dtype=self.dtype, name="stem")(x)
+        skips = []
+        for level in range(self.depth):
+            for b in range(self.blocks_per_level):
+                h = block(self.level_width(level), f"encoder_{level}_block_{b}")(h, train)
+            skips.append(h)
+            next_width = (self.level_width(level + 1) if level + 1 < self.depth
+                          else self.bottleneck_width)
+            h = nn.Conv(next_width, (3, 3), strides=(2, 2), dtype=self.dtype,
+                        name=f"encoder_{level}_down")(h)
+        for b in range(self.blocks_per_level):
+            h = block(self.bottleneck_width, f"encoder_bottleneck_block_{b}")(h, train)
+
+        heads = []
+        for level in reversed(range(self.depth)):
+            width = self.level_width(level)
+            h = layers.MatmulUpsample2x(width, dtype=self.dtype, name=f"decoder_{level}_up")(h)
+            h = jnp.concatenate([h, skips[level]], axis=-1)
+            for b in range(self.blocks_per_level):
+                h = block(width, f"decoder_{level}_block_{b}")(h, train)
+            if self.deep_supervision or level == 0:
+                heads.append((level, self._head(h, f"decoder_{level}_head")))
+
+        outputs = [layers.crop_to(y, size, 2**level) for level, y in heads]
+        return GeneratorOutput(prediction=outputs[-1], aux=tuple(outputs[:-1]))
+
+    def _head(self, h, name):
+        y = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name=name)(h)
+        # The output non-linearity in float32: sigmoid saturation is imprecise in bfloat16.
+        return layers.output_activation_fn(self.output_activation)(y.astype(jnp.float32))
