@@ -1,0 +1,179 @@
+"""qsnet_jax.evaluation (aggregation, tables, Wilcoxon) and qsnet_jax.figures."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from qsnet_jax import evaluation, figures
+
+
+def _per_subject():
+    # three subjects, two with a tumor
+    return {
+        "s1": {"t1w": {"mae": 1.0, "ssim": 0.90, "psnr": 28.0, "mae_tumor": 2.0,
+                       "ssim_tumor": 0.80, "psnr_tumor": 24.0},
+               "t2w": {"mae": 2.0, "ssim": 0.80, "psnr": 26.0, "mae_tumor": 3.0,
+                       "ssim_tumor": 0.70, "psnr_tumor": 22.0}},
+        "s2": {"t1w": {"mae": 2.0, "ssim": 0.92, "psnr": 30.0, "mae_tumor": 4.0,
+                       "ssim_tumor": 0.84, "psnr_tumor": 26.0},
+               "t2w": {"mae": 4.0, "ssim": 0.85, "psnr": 27.0, "mae_tumor": 5.0,
+                       "ssim_tumor": 0.75, "psnr_tumor": 23.0}},
+        "s3": {"t1w": {"mae": 4.5, "ssim": 0.94, "psnr": 29.0},
+               "t2w": {"mae": 3.0, "ssim": 0.90, "psnr": 29.0}},
+    }
+
+
+def test_aggregate_mean_and_sample_std():
+    summary = evaluation.aggregate(_per_subject())
+    assert list(summary) == ["t1w", "t2w"]
+    mae = summary["t1w"]["mae"]
+    assert mae["n"] == 3
+    assert mae["mean"] == pytest.approx((1.0 + 2.0 + 4.5) / 3)
+    assert mae["std"] == pytest.approx(np.std([1.0, 2.0, 4.5], ddof=1))
+    # tumor keys: over the two subjects with a tumor only
+    tumor = summary["t2w"]["ssim_tumor"]
+    assert tumor["n"] == 2
+    assert tumor["mean"] == pytest.approx(0.725)
+    assert tumor["std"] == pytest.approx(np.std([0.70, 0.75], ddof=1))
+    single = evaluation.aggregate({"s": _per_subject()["s1"]})
+    assert single["t1w"]["mae"]["n"] == 1 and math.isnan(single["t1w"]["mae"]["std"])
+    population = evaluation.aggregate(_per_subject(), ddof=0)
+    assert population["t1w"]["mae"]["std"] == pytest.approx(np.std([1.0, 2.0, 4.5]))
+    with pytest.raises(ValueError):
+        evaluation.aggregate({})
+
+
+def test_score_rows_one_per_subject_contrast_region():
+    rows = evaluation.score_rows(_per_subject())
+    assert len(rows) == 2 * 2 + 2 * 2 + 2  # s1, s2: 2 contrasts x 2 regions; s3: no tumor
+    row = next(r for r in rows if r["subject"] == "s2" and r["contrast"] == "t2w"
+               and r["region"] == "tumor")
+    assert (row["mae"], row["ssim"], row["psnr"]) == (5.0, 0.75, 23.0)
+
+
+def test_markdown_table_single_and_several_models():
+    summary = evaluation.aggregate(_per_subject())
+    table = evaluation.markdown_table({"qsnet": summary})
+    lines = table.splitlines()
+    assert lines[0] == ("| Contrast | MAE (×100) brain | SSIM brain | PSNR (dB) brain | "
+                        "MAE (×100) tumor | SSIM tumor | PSNR (dB) tumor |")
+    assert len(lines) == 2 + 2
+    t1w = summary["t1w"]["mae"]
+    assert lines[2].startswith(f"| T1w | {t1w['mean']:.2f} ± {t1w['std']:.2f} |")
+    assert "0.725 ± 0.035" in lines[3]
+    other = evaluation.aggregate({s: {c: {k: v + (0.5 if k.startswith("mae") else -0.01)
+                                          for k, v in e.items()} for c, e in d.items()}
+                                  for s, d in _per_subject().items()})
+    both = evaluation.markdown_table({"qsnet": summary, "resunet": other},
+                                     regions=("brain",))
+    lines = both.splitlines()
+    assert lines[0].startswith("| Contrast | Model | MAE (×100) brain")
+    assert "tumor" not in both
+    assert len(lines) == 2 + 4
+    # qsnet is better everywhere: its cells are bold, the other model's are not
+    assert lines[2].count("**") == 6 and lines[3].count("**") == 0
+    text = evaluation.convention_text(summary)
+    assert "ddof = 1" in text and "3 subjects (brain), 2 subjects (tumor)" in text
+
+
+def test_paired_wilcoxon_equals_scipy():
+    b = np.array([0.90, 0.90, 0.88, 0.93, 0.93, 0.87, 0.90, 0.91])
+    a = b + np.array([0.011, 0.032, 0.023, 0.054, -0.004, 0.065, 0.076, 0.087])
+    result = evaluation.paired_wilcoxon(a, b)
+    reference = stats.wilcoxon(a, b)
+    assert result["p_value"] == pytest.approx(reference.pvalue, rel=1e-12)
+    assert result["statistic"] == pytest.approx(reference.statistic)
+    assert result["n"] == 8 and result["method"] == "exact" and result["note"] == ""
+    # the exact distribution by hand: 8 pairs, one negative difference of rank 1
+    # -> W = 1, two-sided p = 2 * P(W <= 1) = 2 * 2 / 2**8
+    assert result["statistic"] == 1.0
+    assert result["p_value"] == pytest.approx(4 / 256)
+    # mappings pair on the common subjects, whatever their order
+    as_dict = evaluation.paired_wilcoxon(dict(zip("abcdefgh", a, strict=True)),
+                                         dict(reversed(list(zip("abcdefgh", b, strict=True)))))
+    assert as_dict["p_value"] == result["p_value"]
+
+
+def test_paired_wilcoxon_small_n_ties_and_zeros():
+    same = evaluation.paired_wilcoxon([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert same["p_value"] == 1.0 and "zero" in same["note"]
+    small = evaluation.paired_wilcoxon([1.0, 2.0, 3.0, 4.0], [0.0, 1.5, 2.0, 3.5])
+    assert small["p_value"] == pytest.approx(stats.wilcoxon([1, 2, 3, 4],
+                                                            [0, 1.5, 2, 3.5]).pvalue)
+    assert small["p_value"] == pytest.approx(2 / 16)  # all positive: the minimum attainable
+    assert "smallest attainable" in small["note"]
+    tied = evaluation.paired_wilcoxon([1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 4, 6, 8])
+    assert tied["n_nonzero"] == 6 and tied["method"].startswith("permutation")
+    assert tied["p_value"] == pytest.approx(
+        stats.wilcoxon([1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 4, 6, 8]).pvalue)
+    with pytest.raises(ValueError, match="length"):
+        evaluation.paired_wilcoxon([1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="share no subject"):
+        evaluation.paired_wilcoxon({"a": 1.0}, {"b": 1.0})
+
+
+def test_compare_models_and_table():
+    a = _per_subject()
+    b = {s: {c: {k: v - 0.1 for k, v in e.items()} for c, e in d.items()} for s, d in a.items()}
+    results = evaluation.compare_models(a, b)
+    assert results["t1w"]["mae"]["n"] == 3 and results["t1w"]["mae_tumor"]["n"] == 2
+    assert results["t1w"]["mae"]["p_value"] == pytest.approx(0.25)  # 3 of 3 positive
+    text = evaluation.wilcoxon_markdown(results, "a", "b")
+    assert "| T1w | 0.25 (n=3)" in text
+
+
+def test_jsonable_replaces_non_finite():
+    assert evaluation.jsonable({"a": [float("inf"), np.float32(1.5), np.int64(2)],
+                                "b": float("nan")}) == {"a": [None, 1.5, 2], "b": None}
+
+
+def _volumes():
+    rng = np.random.default_rng(0)
+    shape = (40, 48, 10)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"), -1)
+    brain = np.linalg.norm(grid / [0.8, 0.85, 1.2], axis=-1) < 1
+    labels = np.zeros(shape, np.uint8)
+    labels[24:30, 10:18, 5:8] = 2
+    labels[26:28, 12:16, 6:8] = 1
+    inputs = rng.random(shape + (3,)).astype(np.float32)
+    targets = rng.random(shape + (5,)).astype(np.float32)
+    prediction = np.clip(targets + 0.1 * rng.standard_normal(targets.shape), 0, 1)
+    return inputs, targets, prediction.astype(np.float32), brain, labels
+
+
+def test_figure_slice_and_lesion_box():
+    _, _, _, brain, labels = _volumes()
+    assert figures.figure_slice(brain, labels) == round(np.nonzero(labels)[2].mean())
+    assert figures.figure_slice(brain, None) == round(np.nonzero(brain)[2].mean())
+    shown = figures.display(labels[:, :, 6])
+    r0, r1, c0, c1 = figures.lesion_box(shown, margin=2, min_size=4)
+    rows, cols = np.nonzero(shown)
+    assert r0 <= rows.min() and rows.max() < r1 and c0 <= cols.min() and cols.max() < c1
+    assert r1 - r0 == c1 - c0 == max(np.ptp(rows), np.ptp(cols)) + 1 + 4
+    assert figures.lesion_box(np.zeros((5, 5))) is None
+
+
+def test_subject_and_comparison_figures_render():
+    inputs, targets, prediction, brain, labels = _volumes()
+    names = ["t1w", "t2w", "t1flair", "t2flair", "swi"]
+    fig = figures.subject_figure(inputs, targets, prediction, brain, labels,
+                                 input_names=["t1map", "t2map", "pdmap"],
+                                 contrast_names=names, title="s1")
+    visible = [ax for ax in fig.axes if ax.get_visible() and ax.images]
+    assert len(visible) == 4 + 3 * 5 + 3 * 5  # inputs + labels, 3 rows, 3 zoom rows
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "T1-FLAIR" in titles and "input: T1 map" in titles
+    png = figures.png_bytes(fig, dpi=30)
+    assert png.startswith(b"\x89PNG")
+    healthy = figures.subject_figure(inputs, targets, prediction, brain, None,
+                                     input_names=["t1map", "t2map", "pdmap"],
+                                     contrast_names=names)
+    assert len([ax for ax in healthy.axes if ax.get_visible() and ax.images]) == 3 + 15
+    comparison = figures.comparison_figure(targets, {"qsnet": prediction, "unet": targets},
+                                           brain, labels, contrast_names=names)
+    assert len([ax for ax in comparison.axes if ax.get_visible() and ax.images]) == 5 * 3 + 5 * 2
+    # a zoomed panel is the lesion box of the slice
+    r0, r1, c0, c1 = figures.lesion_box(figures.display(labels[:, :, 6]))
+    assert comparison.axes[0].images[0].get_array().shape == (r1 - r0, c1 - c0)
