@@ -23,9 +23,11 @@ examples before spilling to disk, a few paper-size subjects.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -147,6 +149,8 @@ class QsnetCohort(tfds.core.GeneratorBasedBuilder):
         self.info.metadata["slice_shape"] = list(self.builder_config.slice_shape)
         self.info.metadata["cohort_dir"] = self.cohort_dir
         names = sorted(by_split)
+        self._later = {split: [r for n in names[i + 1:] for r in by_split[n]]
+                       for i, split in enumerate(names)}
         return {split: self._generate_examples(manual, split, by_split[split],
                                                last=(split == names[-1]))
                 for split in names}
@@ -190,6 +194,15 @@ class QsnetCohort(tfds.core.GeneratorBasedBuilder):
                 key += 1
             del subject
         self.info.metadata["subjects"][split] = index
+        if self._problems and not index and not last:
+            # TFDS stops at a split without examples: check the later splits' subjects now,
+            # so that the report still holds every problem of the cohort
+            for record in self._later[split]:
+                try:
+                    cohort_lib.load_subject(root, record, convert_seconds=cfg.convert_seconds,
+                                            resample=cfg.resample)
+                except cohort_lib.CohortError as e:
+                    self._problems.append(str(e))
         if self._problems and (last or not index):
             raise cohort_lib.CohortError(
                 f"cannot prepare {self.cohort_dir}: {len(self._problems)} subject(s) with "
@@ -201,8 +214,10 @@ def prepare_cohort(cohort_dir, *, data_dir=None, convert_seconds=False, resample
     builder = QsnetCohort(cohort_dir=cohort_dir, data_dir=data_dir or None,
                           convert_seconds=convert_seconds, resample=resample)
     if not builder.is_prepared():
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=builder.cohort_dir))
+        # TFDS prints its progress to stdout; keep stdout for the callers' own output (JSON)
+        with contextlib.redirect_stdout(sys.stderr):
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=builder.cohort_dir))
     return builder
 
 
