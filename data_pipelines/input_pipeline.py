@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -183,16 +182,10 @@ def open_split(cohort_dir, split, data_config) -> SplitView:
     context = int(_get(data_config, "context_slices", 0))
     if context < 0:
         raise ValueError(f"context_slices must be >= 0, got {context}")
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)  # "Using custom data configuration ..." every call
-    try:
-        builder = tfds_builder.prepare_cohort(
-            cohort_dir, data_dir=_get(data_config, "tfds_data_dir", "") or None,
-            convert_seconds=bool(_get(data_config, "convert_seconds", False)),
-            resample=bool(_get(data_config, "resample", False)))
-    finally:
-        absl_logger.setLevel(level)
+    builder = tfds_builder.prepare_cohort(
+        cohort_dir, data_dir=_get(data_config, "tfds_data_dir", "") or None,
+        convert_seconds=bool(_get(data_config, "convert_seconds", False)),
+        resample=bool(_get(data_config, "resample", False)))
     subjects = tfds_builder.subject_index(builder, split)
     missing = {s["subject"]: [c for c in inputs + targets if c not in s["channels"]]
                for s in subjects}

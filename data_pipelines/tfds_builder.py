@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import sys
 
@@ -34,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
+from tensorflow_datasets.core.utils import tqdm_utils  # noqa: E402
 
 from data_pipelines import cohort as cohort_lib  # noqa: E402
 from qsnet_jax.physics import channels as channels_lib  # noqa: E402
@@ -211,13 +213,38 @@ class QsnetCohort(tfds.core.GeneratorBasedBuilder):
 
 def prepare_cohort(cohort_dir, *, data_dir=None, convert_seconds=False, resample=False):
     """The builder of `cohort_dir`, prepared (once: later calls reuse the prepared data)."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    # TFDS warns "Using custom data configuration" and "no dataset_info.json" on every
+    # new cohort config: that is this builder's normal way of working
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        return _prepare(cohort_dir, data_dir, convert_seconds, resample)
+    finally:
+        absl_logger.setLevel(level)
+
+
+def _prepare(cohort_dir, data_dir, convert_seconds, resample):
     builder = QsnetCohort(cohort_dir=cohort_dir, data_dir=data_dir or None,
                           convert_seconds=convert_seconds, resample=resample)
     if not builder.is_prepared():
-        # TFDS prints its progress to stdout; keep stdout for the callers' own output (JSON)
-        with contextlib.redirect_stdout(sys.stderr):
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(manual_dir=builder.cohort_dir))
+        # TFDS prints to stdout: keep stdout for the callers' own output (JSON), and its
+        # per-split progress bars (ANSI redraws, useless in logs) off while it prepares
+        was_active = tqdm_utils._active  # TFDS has no getter
+        tfds.display_progress_bar(False)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                builder.download_and_prepare(
+                    download_config=tfds.download.DownloadConfig(manual_dir=builder.cohort_dir))
+        except OSError:
+            # another process (a second host on a shared disk) finished the same config
+            # first and its rename won: use its data
+            builder = QsnetCohort(cohort_dir=cohort_dir, data_dir=data_dir or None,
+                                  convert_seconds=convert_seconds, resample=resample)
+            if not builder.is_prepared():
+                raise
+        finally:
+            tfds.display_progress_bar(was_active)
     return builder
 
 
