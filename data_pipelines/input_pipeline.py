@@ -22,8 +22,9 @@ remainder is dropped). Augmentation, fixed per (seed, process, epoch, position):
   slices are [X, Y] in RAS and X is the left-right axis;
 - a multiplicative gain in [1 - j, 1 + j] per qualitative (weighted) input channel, the same
   for its context slices, not clipped afterwards (it models the scale uncertainty of the
-  percentile normalization); never applied to quantitative maps, which have fixed units
-  (t1map, t2map) or (pdmap) belong to the quantitative input a model is meant to trust.
+  percentile normalization of a weighted image); never applied to the quantitative maps
+  (t1map, t2map in fixed physical units, and pdmap with them), whose values are what a
+  model fed quantitative input is meant to trust.
 
 Evaluation batches: the process's subjects (contiguous 1/P of the split's subjects), every
 slice in order, no shuffle, no augmentation; the last batch is padded with `valid` = 0, and
