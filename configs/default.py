@@ -47,6 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
     model.output_activation = "sigmoid"  # sigmoid | none
     model.deep_supervision = True  # auxiliary output heads at every decoder scale
     model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+    # pix2pix U-Net-256 generator: ngf of Isola et al. 2017
+    model.pix2pix_base_width = 64
     # Swin generator
     model.window_size = 8
     model.embed_dim = 96

@@ -17,11 +17,15 @@ from collections.abc import Sequence
 
 from qsnet_jax.models import layers
 from qsnet_jax.models.discriminators import ConditionalDiscriminator
+from qsnet_jax.models.physics_baseline import PhysicsGenerator, fit_physics_scales
+from qsnet_jax.models.pix2pix import Pix2PixUNet
 from qsnet_jax.models.qsnet import GeneratorOutput, ResidualUNet
 from qsnet_jax.models.summary import count_params, model_summary
+from qsnet_jax.models.swin import SwinUNet
 
 __all__ = ["GENERATORS", "DISCRIMINATORS", "GeneratorOutput", "build_generator",
-           "build_discriminator", "is_encoder_param", "model_summary", "count_params"]
+           "build_discriminator", "is_encoder_param", "model_summary", "count_params",
+           "fit_physics_scales"]
 
 ENCODER_PREFIXES = ("encoder", "stem")
 
@@ -55,10 +59,43 @@ def _resunet(model_config, **kwargs):
     return _residual_unet(model_config, deep_supervision=False, **kwargs)
 
 
+def _pix2pix(model_config, *, target_channels, **_):
+    return Pix2PixUNet(
+        out_channels=_count(target_channels),
+        base_width=model_config.pix2pix_base_width,
+        norm=layers.check_norm(model_config.norm),
+        output_activation=model_config.output_activation,
+        dtype=layers.compute_dtype(model_config.dtype),
+    )
+
+
+def _swin(model_config, *, target_channels, **_):
+    return SwinUNet(
+        out_channels=_count(target_channels),
+        embed_dim=model_config.embed_dim,
+        depths=tuple(model_config.swin_depths),
+        num_heads=tuple(model_config.swin_heads),
+        window_size=model_config.window_size,
+        output_activation=model_config.output_activation,
+        dtype=layers.compute_dtype(model_config.dtype),
+    )
+
+
+def _physics(model_config, *, input_channels, target_channels, context_slices):
+    if isinstance(input_channels, int) or isinstance(target_channels, int):
+        raise ValueError("the physics baseline needs channel names, not counts")
+    return PhysicsGenerator(input_channels=tuple(input_channels),
+                            target_channels=tuple(target_channels),
+                            site=model_config.physics_site, context_slices=context_slices)
+
+
 # name -> builder(model_config, *, input_channels, target_channels, context_slices)
 GENERATORS = {
     "qsnet": _qsnet,
     "resunet": _resunet,
+    "pix2pix": _pix2pix,
+    "swin": _swin,
+    "physics": _physics,
 }
 
 # name -> number of scales (None: config.discriminator.num_scales)

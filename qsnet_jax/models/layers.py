@@ -171,3 +171,45 @@ def space_to_depth(x, block: int):
 
 def to_float32(tree):
     return jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), tree)
+
+
+class MatmulTransposedConv4x4(nn.Module):
+    """PyTorch's ConvTranspose2d(kernel_size=4, stride=2, padding=1) (the pix2pix decoder
+    up-sampling) as one matrix product on 2x2 patches plus a phase shuffle.
+
+    Output pixel 2m+a (a in {0, 1}) receives input pixels m+a-1 and m+a with kernel taps
+    3-a and 1-a, so every phase is a 2x2 convolution over the input padded by one; the four
+    phases share the 2x2 patches and become one [4 C_in, 4 C_out] matmul. kernel[k_y, k_x,
+    c_in, c_out] has PyTorch's meaning: out[o] += x[i] * kernel[o + 1 - 2 i]. Same parameters
+    and multiply-adds as the transposed convolution, whose weight gradient XLA on CPU runs at
+    ~2 GFLOP/s (DESIGN.md section 7).
+    """
+
+    features: int
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        batch, height, width, channels = x.shape
+        # LeCun-normal with the true fan-in: each output pixel sees 2x2 input pixels.
+        kernel = self.param("kernel", nn.initializers.variance_scaling(
+            1.0 / 4, "fan_in", "truncated_normal", in_axis=2, out_axis=3),
+            (4, 4, channels, self.features), self.param_dtype)
+        bias = (self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+                if self.use_bias else None)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        taps = [(ty, tx) for ty in (0, 1) for tx in (0, 1)]
+        patches = jnp.concatenate(
+            [padded[:, ty:ty + height + 1, tx:tx + width + 1] for ty, tx in taps], axis=-1)
+        # weights[(t_y, t_x, c), (a, b, o)] = kernel[3 - a - 2 t_y, 3 - b - 2 t_x, c, o]
+        weights = jnp.stack([jnp.stack([kernel[3 - a - 2 * ty, 3 - b - 2 * tx]
+                                        for a in (0, 1) for b in (0, 1)], axis=1)
+                             for ty, tx in taps], axis=0)  # [4 taps, C_in, 4 phases, C_out]
+        y = jnp.dot(patches, weights.reshape(4 * channels, 4 * self.features))
+        y = y.reshape(batch, height + 1, width + 1, 4, self.features)
+        phases = [y[:, a:a + height, b:b + width, 2 * a + b] for a in (0, 1) for b in (0, 1)]
+        out = depth_to_space(jnp.concatenate(phases, axis=-1), 2)
+        return out if bias is None else out + bias
