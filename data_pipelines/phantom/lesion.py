@@ -64,7 +64,7 @@ def draw_lesion(rng, warp: anatomy.SubjectWarp) -> LesionSpec:
 
 def _direction_field(rng, amplitude):
     """A smooth function on the unit sphere (via a smooth field on the cube [-1, 1]^3)."""
-    lattice = ndimage.gaussian_filter(rng.standard_normal((9, 9, 9)), 1.5)
+    lattice = ndimage.gaussian_filter(rng.standard_normal((9, 9, 9)), 1.0)
     lattice = amplitude * lattice / max(lattice.std(), 1e-12)
 
     def at(unit):  # unit [3, ...] -> values [...]
@@ -85,7 +85,7 @@ def _box(spec: LesionSpec, shape, affine, margin_mm):
 def tumor_fractions(spec: LesionSpec, shape, affine):
     """Necrosis, enhancing and hemorrhage volume fractions on the grid (1 mm sub-samples)."""
     rng = np.random.default_rng(spec.shape_seed)
-    radius_at = _direction_field(rng, 0.3)
+    radius_at = _direction_field(rng, 0.35)
     rim_at = _direction_field(rng, 0.3)
     voxel_mm = float(affine[0, 0])
     box = _box(spec, shape, affine, 2.0)
@@ -107,7 +107,7 @@ def tumor_fractions(spec: LesionSpec, shape, affine):
                 d = np.stack([p[i] - spec.centre_mm[i] for i in range(3)])
                 r = np.sqrt(np.sum(d * d, axis=0)) + 1e-6
                 unit = d / r
-                outer = spec.radius_mm * (1.0 + radius_at(unit))
+                outer = spec.radius_mm * np.maximum(1.0 + radius_at(unit), 0.4)
                 wobble = ndimage.map_coordinates(
                     wobble_lattice, (d / (1.3 * spec.radius_mm + 2.0) + 1.0) * 5.5, order=1,
                     mode="nearest")

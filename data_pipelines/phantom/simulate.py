@@ -123,7 +123,8 @@ def subject_rng(cohort_seed: int, index: int):
 def simulate_subject(spec: SubjectSpec, preset: Preset, *, model: MRFModel | None = None):
     """All volumes of one subject: dict of float32 [X, Y, Z] arrays (brain_mask and labels
     uint8, labels None for healthy), 'affine', and the in-memory truth ('fractions',
-    'healthy_fractions', 'params', 'truth' weighted images without bias/noise)."""
+    'healthy_fractions' (before the lesion), 'params', 'receive_field', 'truth': the
+    weighted images without receive field, scale or noise)."""
     model = model or model_for(preset)
     rng = np.random.default_rng(spec.seed)
     params = tissues.draw_tissue_params(rng)
@@ -139,6 +140,7 @@ def simulate_subject(spec: SubjectSpec, preset: Preset, *, model: MRFModel | Non
     fields = parameter_fields(rng, params, fractions, affine, anat["dgm_iron_ppm"])
     bias = anatomy.bias_field(rng, shape, affine, amplitude=rng.uniform(0.2, 0.4))
     out = {"affine": affine, "brain_mask": brain_mask, "fractions": fractions,
+           "receive_field": bias,
            "healthy_fractions": anat["healthy_fractions"], "params": params,
            "labels": lesion.label_map(fractions) if lesion_spec is not None else None}
     out.update(mrf_maps(rng, model, fields, fractions, bias, brain_mask, spec.site))
@@ -195,9 +197,11 @@ def add_lesion(frac, spec, brain, affine):
     for name, f in tumor.items():
         frac[name] = (f * scale).astype(np.float32)
     weight = lesion.edema_weight(spec, occupied, frac["wm"], frac["cgm"], frac["csf"], affine)
-    edema = weight * (frac["wm"] + 0.3 * frac["cgm"])
+    # Vasogenic edema swells white matter; gray matter is involved less (half as much here).
+    edema = weight * (frac["wm"] + 0.5 * (frac["cgm"] + frac["dgm"]))
     frac["wm"] = frac["wm"] * (1.0 - weight)
-    frac["cgm"] = frac["cgm"] * (1.0 - 0.3 * weight)
+    frac["cgm"] = frac["cgm"] * (1.0 - 0.5 * weight)
+    frac["dgm"] = frac["dgm"] * (1.0 - 0.5 * weight)
     frac["edema"] = edema.astype(np.float32)
 
 
