@@ -107,6 +107,10 @@ def get_config() -> ml_collections.ConfigDict:
     train.max_checkpoints_to_keep = 3
     train.best_metric = "ssim"  # validation score that marks the best checkpoint (higher=better)
     train.eval_max_subjects = 4  # validation during training uses at most this many subjects
+    train.inject_nan_at_step = -1  # test hook: NaN in the batch of this (1-based) step
+    # XLA's persistent compilation cache: a re-run (or the next stage, when its program is the
+    # same) skips compilation. Empty: off.
+    train.compilation_cache_dir = "~/.cache/qsnet_jax/jax_cache"
 
     # --------------------------------------------------------- evaluation
     config.eval = ev = ml_collections.ConfigDict()

@@ -75,6 +75,14 @@ def state_shardings(abstract_state, mesh: Mesh, mesh_config: ml_collections.Conf
         abstract_state)
 
 
+def place(host_tree, shardings):
+    """Host (numpy) arrays, identical on every process -> global arrays with `shardings`."""
+    return jax.tree.map(
+        lambda value, sharding: jax.make_array_from_callback(
+            np.shape(value), sharding, lambda index: np.asarray(value)[index]),
+        host_tree, shardings)
+
+
 def global_batch(local_batch: dict, mesh: Mesh, keys=None) -> dict:
     """This process's part of the batch -> global jax arrays sharded over "data".
 
