@@ -171,17 +171,23 @@ def grid_affine(voxel_mm: int, in_plane: tuple[int, int], max_scale: float):
     return shape, affine
 
 
-def smooth_field(rng, shape, voxel_mm, correlation_mm, *, coarse_mm=None):
+def smooth_field(rng, shape, voxel_mm, correlation_mm, *, coarse_mm=None, at=None):
     """A smooth zero-mean, unit-std random field on a voxel grid.
 
     White noise on a coarse lattice (spacing ~ correlation / 2), Gaussian-smoothed, then
     interpolated to the grid: the cost is set by the lattice, not by the volume size.
+    `at`: flat voxel indices; the field is then evaluated there only ([len(at)]), with the
+    same random draws as for the whole grid.
     """
     coarse_mm = coarse_mm or correlation_mm / 2.0
     coarse_shape = [max(int(np.ceil(s * voxel_mm / coarse_mm)) + 3, 4) for s in shape]
     noise = ndimage.gaussian_filter(rng.standard_normal(coarse_shape), 1.0, mode="wrap")
     noise = (noise - noise.mean()) / max(noise.std(), 1e-12)
     # Voxel i of the grid sits at i * voxel / coarse + 1 lattice units (1-cell margin).
+    if at is not None:
+        idx = np.unravel_index(at, shape)
+        mesh = [i.astype(np.float32) * voxel_mm / coarse_mm + 1.0 for i in idx]
+        return ndimage.map_coordinates(noise, mesh, order=1, mode="nearest").astype(np.float32)
     coords = [np.arange(s, dtype=np.float32) * voxel_mm / coarse_mm + 1.0 for s in shape]
     mesh = np.meshgrid(*coords, indexing="ij", sparse=False)
     return ndimage.map_coordinates(noise, mesh, order=1, mode="nearest").astype(np.float32)

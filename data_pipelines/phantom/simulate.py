@@ -211,14 +211,12 @@ def parameter_fields(rng, params, fractions, affine, dgm_iron_ppm):
     voxel_mm = float(affine[0, 0])
     fields = {}
     for name in tissues.TISSUE_NAMES:  # every tissue draws its fields: stable streams
-        t1_field = anatomy.smooth_field(rng, shape, voxel_mm, 25.0)
-        t2_field = anatomy.smooth_field(rng, shape, voxel_mm, 25.0)
         where = np.nonzero(fractions[name].ravel() > 1e-4)[0]
+        t1_field = anatomy.smooth_field(rng, shape, voxel_mm, 25.0, at=where)
+        t2_field = anatomy.smooth_field(rng, shape, voxel_mm, 25.0, at=where)
         p = params[name]
-        t1 = p.t1_ms * np.exp(tissues.WITHIN_TISSUE_T1_STD * np.clip(
-            t1_field.ravel()[where], -4, 4))
-        t2 = p.t2_ms * np.exp(tissues.WITHIN_TISSUE_T2_STD * np.clip(
-            t2_field.ravel()[where], -4, 4))
+        t1 = p.t1_ms * np.exp(tissues.WITHIN_TISSUE_T1_STD * np.clip(t1_field, -4, 4))
+        t2 = p.t2_ms * np.exp(tissues.WITHIN_TISSUE_T2_STD * np.clip(t2_field, -4, 4))
         chi = np.full(where.shape, p.chi_ppm, np.float32)
         r2prime = np.full(where.shape, p.r2prime_per_ms, np.float32)
         if name == "dgm":  # nucleus-specific iron

@@ -54,7 +54,7 @@ def nifti_bytes(volume, affine, descrip: str) -> bytes:
         header["cal_min"], header["cal_max"] = 0.0, float(volume.max(initial=0.0))
     raw = image.to_bytes()
     buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, filename="", compresslevel=6) as f:
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, filename="", compresslevel=4) as f:
         f.write(raw)
     return buffer.getvalue()
 
