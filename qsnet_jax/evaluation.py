@@ -172,7 +172,8 @@ def convention_text(summary: Mapping | None = None) -> str:
     text = f"{CONVENTION} Aggregate: {STD_CONVENTION}"
     if summary is not None:
         counts = subject_counts(summary)
-        parts = [f"{n} subjects ({region})" for region, n in counts.items()]
+        parts = [f"{n} subject{'s' if n != 1 else ''} ({region})"
+                 for region, n in counts.items()]
         text += " n = " + ", ".join(parts) + "."
     return text
 

@@ -1,6 +1,7 @@
 """qsnet_jax.evaluation (aggregation, tables, Wilcoxon) and qsnet_jax.figures."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -177,3 +178,99 @@ def test_subject_and_comparison_figures_render():
     # a zoomed panel is the lesion box of the slice
     r0, r1, c0, c1 = figures.lesion_box(figures.display(labels[:, :, 6]))
     assert comparison.axes[0].images[0].get_array().shape == (r1 - r0, c1 - c0)
+
+
+# ------------------------------------------------------------------ experiments.evaluate
+
+
+def _write_cohort(root, rng, *, shape=(20, 24, 6)):
+    """Two gbm_test subjects (one with a tumor) and one healthy_test, written as NIfTI."""
+    import nibabel as nib
+
+    affine = np.diag([2.0, 2.0, 2.5, 1.0])
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"), -1)
+    brain = (np.linalg.norm(grid / [0.8, 0.8, 1.3], axis=-1) < 1).astype(np.uint8)
+    columns = ["t1map", "t2map", "pdmap", "t1w", "t2w", "t1flair", "t2flair", "swi",
+               "brain_mask", "labels"]
+    lines = ["subject,group,site,split," + ",".join(columns)]
+    for subject, group, split in (("g1", "gbm", "gbm_test"), ("g2", "gbm", "gbm_test"),
+                                  ("h1", "healthy", "healthy_test")):
+        os.makedirs(root / subject)
+        data = {"t1map": rng.uniform(700, 1600, shape), "t2map": rng.uniform(50, 120, shape),
+                "pdmap": rng.uniform(0.6, 1.0, shape), "brain_mask": brain}
+        for c in columns[3:8]:
+            data[c] = rng.uniform(0.1, 1.0, shape)
+        if subject == "g1":
+            labels = np.zeros(shape)
+            labels[8:13, 10:15, 2:5] = 2
+            labels[10:12, 12:14, 3] = 1
+            data["labels"] = labels
+        cells = []
+        for c in columns:
+            if c not in data:
+                cells.append("")
+                continue
+            values = np.where(brain, data[c], 0) if c not in ("brain_mask",) else data[c]
+            dtype = np.uint8 if c in ("brain_mask", "labels") else np.float32
+            nib.save(nib.Nifti1Image(values.astype(dtype), affine), root / subject / f"{c}.nii.gz")
+            cells.append(f"{subject}/{c}.nii.gz")
+        lines.append(f"{subject},{group},A,{split}," + ",".join(cells))
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_evaluate_run_writes_scores_tables_and_figures(tmp_path):
+    import csv
+    import json
+
+    import jax
+    import jax.numpy as jnp
+
+    from configs import smoke
+    from experiments import evaluate, synthesize
+    from qsnet_jax import inference, metrics, models
+
+    config = smoke.get_config()
+    config.eval.batch_size = 4
+    config.eval.num_figure_subjects = 1
+    module = models.build_generator(config.model, input_channels=config.data.input_channels,
+                                    target_channels=config.data.target_channels)
+    variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 20, 24, 3)), train=False)
+    cohort = tmp_path / "cohort"
+    _write_cohort(cohort, np.random.default_rng(0))
+    workdir = tmp_path / "run"
+    # called as experiments.job calls it: the stage folder and the split, positionally
+    result = evaluate.evaluate_run(config, str(workdir), str(workdir / "finetune"), "gbm_test",
+                                   cohort_dir=str(cohort), model=(module, variables))
+    out = workdir / "finetune" / "eval" / "gbm_test"
+    assert result["dir"] == str(out)
+    assert sorted(os.listdir(out)) == ["figures", "metrics.csv", "metrics.json", "report.md"]
+    assert os.listdir(out / "figures") == ["g1.png"]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["num_subjects"] == 2 and sorted(saved["per_subject"]) == ["g1", "g2"]
+    # the scores are those of metrics.score_volume on the synthesized volume
+    from data_pipelines import cohort as cohort_lib
+
+    record = next(r for r in cohort_lib.read_manifest(str(cohort)) if r.subject == "g1")
+    channels = tuple(config.data.input_channels) + tuple(config.data.target_channels)
+    subject = cohort_lib.load_subject(str(cohort), record, channels)
+    prediction = synthesize.synthesize_subject(
+        inference.make_predict_fn(module, variables), subject,
+        input_channels=tuple(config.data.input_channels), context_slices=0, batch_size=5)
+    target = np.stack([subject.volumes[c] for c in config.data.target_channels], -1)
+    expected = metrics.score_volume(prediction, target, subject.brain_mask, subject.labels,
+                                    channel_names=tuple(config.data.target_channels))
+    for contrast, scores in expected.items():
+        assert set(scores) == {"mae", "ssim", "psnr", "mae_tumor", "ssim_tumor", "psnr_tumor"}
+        for key, value in scores.items():
+            assert saved["per_subject"]["g1"][contrast][key] == pytest.approx(value, abs=1e-5)
+    assert "mae_tumor" not in saved["per_subject"]["g2"]["t1w"]
+    summary = saved["summary"]["swi"]["psnr"]
+    values = [saved["per_subject"][s]["swi"]["psnr"] for s in ("g1", "g2")]
+    assert summary["mean"] == pytest.approx(np.mean(values))
+    assert summary["std"] == pytest.approx(np.std(values, ddof=1))
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == 2 * 5 + 5  # brain rows for both, tumor rows for g1
+    report = (out / "report.md").read_text()
+    assert "| Contrast | MAE (×100) brain |" in report and "| T2-FLAIR |" in report
+    assert "ddof = 1" in report and "2 subjects (brain), 1 subject (tumor)" in report
+    assert [p for p in os.listdir(out.parent) if p.startswith(".")] == []
