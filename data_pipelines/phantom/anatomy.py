@@ -47,7 +47,7 @@ class Template:
 
 # nilearn's own files (shipped in its wheel). They are read with nibabel exactly as
 # nilearn.datasets.load_mni152_{gm,wm}_template / load_mni152_brain_mask(resolution=1) do
-# (scale to max 1; mask = T1 template / max > 0.2; tests/test_phantom.py checks equality)
+# (scale to max 1; mask = T1 template / max > 0.2; checked np.array_equal with nilearn)
 # because importing nilearn.datasets pulls in scikit-learn and costs ~5 s.
 MNI152_FILES = {"gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
                 "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
