@@ -31,8 +31,6 @@ import numpy as np
 
 from experiments import cli
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
 
 def resolve_cohort(config, cohort_dir: str | None = None) -> str:
     """The cohort root: the argument, else the run's (config.data.cohort_dir, or the phantom
@@ -210,6 +208,7 @@ def main(argv: Sequence[str] | None = None):
     parser.add_argument("--subjects", default="", help="comma-separated subset of the split")
     parser.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA weights")
     args = parser.parse_args(argv)
+    cli.quiet_tensorflow()  # orbax / the input pipeline import TF: keep it quiet, off GPUs
     try:
         workdir = os.path.abspath(os.path.expanduser(args.workdir))
         if not os.path.isdir(workdir):

@@ -33,8 +33,6 @@ import numpy as np
 
 from experiments import cli
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
 FILE_SUFFIX = ".nii.gz"
 
 
@@ -375,6 +373,7 @@ def run(args, *, model_loader: Callable = load_model) -> dict:
 
 def main(argv: Sequence[str] | None = None, *, model_loader: Callable = load_model):
     args = build_parser().parse_args(argv)
+    cli.quiet_tensorflow()  # orbax / the input pipeline import TF: keep it quiet, off GPUs
     try:
         written = run(args, model_loader=model_loader)
     except cli.UserError as error:
