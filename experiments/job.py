@@ -55,9 +55,10 @@ def initialize_distributed(config: ml_collections.ConfigDict):
         kwargs["num_processes"] = int(dist.num_processes)
     if dist.process_id >= 0:
         kwargs["process_id"] = int(dist.process_id)
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-        # CPU collectives across processes need an implementation; gloo ships with jaxlib
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Cross-process collectives of CPU devices need an implementation (gloo ships with
+    # jaxlib); the option only concerns the CPU client, so it is harmless on GPU/TPU hosts.
+    # (jax.default_backend() cannot be asked here: it would start the backend too early.)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
 
 
@@ -164,6 +165,10 @@ def make_validator(config: ml_collections.ConfigDict, cohort_dir: str, split: st
 
     def validate(predict, step):
         del step
+        import jax  # noqa: PLC0415
+
+        # Every process runs the (collective) predictions; process 0 alone scores them and
+        # broadcasts the numbers, so every process takes the same best-checkpoint decision.
         batches = []
         for batch in input_pipeline.make_eval_iterator(
                 cohort_dir, split, config.data, batch_size=int(config.eval.batch_size),
@@ -171,6 +176,10 @@ def make_validator(config: ml_collections.ConfigDict, cohort_dir: str, split: st
             batch = dict(batch)
             batch["prediction"] = predict(batch["inputs"])
             batches.append(batch)
+        scores = score(batches) if jax.process_index() == 0 else {}
+        return _broadcast_json(scores) if jax.process_count() > 1 else scores
+
+    def score(batches):
         per_subject = {}
         for subject, volume in input_pipeline.assemble_volumes(batches).items():
             per_subject[subject] = metrics.score_volume(
@@ -188,6 +197,18 @@ def make_validator(config: ml_collections.ConfigDict, cohort_dir: str, split: st
         return scores
 
     return validate
+
+
+def _broadcast_json(value):
+    """Process 0's JSON-able value on every process (two collective broadcasts)."""
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    length = int(multihost_utils.broadcast_one_to_all(np.int32(data.size)))
+    padded = np.zeros(length, np.uint8)
+    padded[:min(length, data.size)] = data[:length]
+    received = np.asarray(multihost_utils.broadcast_one_to_all(padded), np.uint8)
+    return json.loads(received.tobytes().decode())
 
 
 def resolve_init(config: ml_collections.ConfigDict):
