@@ -228,14 +228,18 @@ def resolve_init(config: ml_collections.ConfigDict):
                         "configs/pretrain.py first or set --config.init_from") from None
 
 
-def evaluate_stage(config, workdir: str, stage_dir: str, split: str):
-    try:
-        from experiments import evaluate  # noqa: PLC0415
-    except ImportError:
-        print(f"note: experiments.evaluate is not available yet; skipped the evaluation of "
-              f"{stage_dir} on {split}", flush=True)
+def evaluate_stage(config, workdir: str, stage_dir: str, split: str, cohort_dir: str):
+    """experiments.evaluate on the stage's best-or-latest generator: WORKDIR/<stage>/eval/."""
+    import jax  # noqa: PLC0415
+
+    if jax.process_count() > 1:
+        # evaluation restores and predicts on one host; run experiments.evaluate afterwards
+        print(f"note: multi-process run: evaluate {stage_dir} with experiments.evaluate",
+              flush=True)
         return None
-    return evaluate.evaluate_run(config, workdir, stage_dir, split)
+    from experiments import evaluate  # noqa: PLC0415
+
+    return evaluate.evaluate_run(config, workdir, stage_dir, split, cohort_dir=cohort_dir)
 
 
 def configure_runtime(config: ml_collections.ConfigDict):
@@ -295,7 +299,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         except loop.NonFiniteLossError as error:
             raise UserError(str(error)) from None
         if config.eval.after_each_stage:
-            evaluate_stage(config, workdir, stage_dir, stage_config.eval_split)
+            evaluate_stage(config, workdir, stage_dir, stage_config.eval_split, cohort_dir)
         if _is_chief():
             _write_atomic(os.path.join(stage_dir, STAGE_DONE), json.dumps(
                 {"steps": result.steps, "best_score": result.best_score,

@@ -16,7 +16,7 @@ from test_cohort import write_tiny_cohort
 from configs import smoke
 from experiments import job
 from experiments.cli import UserError
-from qsnet_jax.train import checkpoints, load_generator
+from qsnet_jax.train import checkpoints, load_generator, loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBJECTS = (
@@ -67,6 +67,9 @@ def test_two_stage_work_dir_and_finetune_starts_from_stage_one(cohort_dir, tmp_p
     assert any(f.startswith("events") for f in os.listdir(f"{workdir}/pretrain/tensorboard"))
     assert os.listdir(f"{workdir}/pretrain/checkpoints_best")
     assert 0.0 < results[0].last_scores["mean/ssim"] <= 1.0
+    best = checkpoints.best_manager(f"{workdir}/pretrain")
+    assert loop.recorded_best_score(best) == results[0].best_score == pytest.approx(
+        results[0].last_scores["mean/ssim"])
     stage1 = raw_state(f"{workdir}/pretrain/checkpoints/6")
     stage2 = raw_state(f"{workdir}/finetune/checkpoints/6")
     assert_trees_equal(stage2["gen_params"], stage1["gen_params"])

@@ -217,7 +217,7 @@ def train_stage(config: ml_collections.ConfigDict, *, stage: str, stage_dir: str
 
     metric_mode = best_metric_mode(train_config.best_metric)
     best = checkpoints.best_manager(stage_dir, metric_mode)
-    best_score = _recorded_best_score(best)
+    best_score = recorded_best_score(best)
     writer = metric_writers.create_default_writer(os.path.join(stage_dir, "tensorboard"),
                                                   just_logging=not is_chief)
     report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps,
@@ -264,7 +264,8 @@ def train_stage(config: ml_collections.ConfigDict, *, stage: str, stage_dir: str
                                          else score < best_score))
         if better:
             best_score = score
-            checkpoints.save_best(best, state, meta(step, last_scores), score)
+            checkpoints.save_best(best, state, {**meta(step, last_scores), "best_score": score},
+                                  score)
 
     for step in range(start_step + 1, total_steps + 1):
         batch = first_batch if first_batch is not None else next(batch_iterator)
@@ -318,15 +319,14 @@ def train_stage(config: ml_collections.ConfigDict, *, stage: str, stage_dir: str
     return StageResult(stage, stage_dir, state, total_steps, best_score, last_scores)
 
 
-def _recorded_best_score(best_manager) -> float | None:
+def recorded_best_score(best_manager) -> float | None:
+    """The validation score of the kept best checkpoint (a resumed run keeps comparing)."""
     step = best_manager.latest_step()
     if step is None:
         return None
-    metrics = best_manager.metrics(step) if hasattr(best_manager, "metrics") else None
-    if metrics and "score" in metrics:
-        return float(metrics["score"])
     meta = checkpoints.read_meta(os.path.join(str(best_manager.directory), str(step)))
-    return None if meta is None else meta.get("best_score")
+    score = (meta or {}).get("best_score")
+    return None if score is None else float(score)
 
 
 def final_generator_variables(stage_dir: str) -> dict:
