@@ -1,0 +1,231 @@
+"""Studies (experiments/study.py): variant configs, and compare / generalization / ablate end
+to end on the tiny phantom cohort, with the combined tables checked against the per-variant
+evaluations they are built from."""
+
+import copy
+import io
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from configs import ablations, cgan, compare, default, generalization, resunet, study_sizes, swin
+from experiments import study
+from experiments.cli import UserError
+from qsnet_jax import evaluation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ------------------------------------------------------------------ unit tests (fast)
+
+
+def test_parse_and_apply_overrides():
+    config = default.get_config()
+    study.apply_override(config, "model.name=resunet")
+    study.apply_override(config, "model.deep_supervision=False")
+    study.apply_override(config, "optim.ema_decay=0")
+    study.apply_override(config, "data.input_channels=t1map,t2map")
+    study.apply_override(config, "stages=('finetune',)")
+    study.apply_override(config, "finetune.steps=7")
+    assert config.model.name == "resunet" and config.model.deep_supervision is False
+    assert config.optim.ema_decay == 0.0 and isinstance(config.optim.ema_decay, float)
+    assert config.data.input_channels == ("t1map", "t2map")
+    assert config.stages == ("finetune",) and config.finetune.steps == 7
+    for bad, words in [("model.nope=1", "unknown config key 'model.nope'"),
+                       ("nope.name=1", "unknown config key"),
+                       ("model=1", "whole section"),
+                       ("finetune.steps=many", "cannot parse"),
+                       ("model.deep_supervision=3", "is a bool"),
+                       ("no equals sign!", "bad override")]:
+        with pytest.raises(UserError, match=re.escape(words)):
+            study.apply_override(config, bad)
+
+
+@pytest.mark.parametrize("variant, module", [("resunet", resunet), ("pix2pix", cgan),
+                                             ("swin", swin)])
+def test_variant_equals_its_config_module(variant, module):
+    # full-size study: the variant is exactly configs/<module>.py
+    built = study.variant_config(compare.get_config(), variant)
+    assert study.flatten(built) == study.flatten(module.get_config())
+    # tiny study: the module's changes, on top of the tiny sizes
+    tiny = compare.get_config("tiny")
+    built = study.variant_config(tiny, variant)
+    changes = study.module_changes(variant if variant != "pix2pix" else "cgan")
+    assert changes and "model.name" in changes
+    flat, base = study.flatten(built), study.flatten(study.base_config(tiny))
+    for key, value in flat.items():
+        if key == "finetune.freeze_encoder_steps":
+            assert value == round(0.1 * tiny.finetune.steps)
+        elif key in changes:
+            assert value == changes[key], key
+        else:
+            assert value == base[key], key
+
+
+def test_study_configs_plan_and_validate():
+    for module in (compare, generalization, ablations):
+        for size in (None, "tiny", "quick"):
+            names, configs, pairs = study.study_plan(module.get_config(size))
+            assert names == list(module.get_config(size).study.variants)
+            assert pairs and all(a in names and b in names for a, b in pairs)
+    names, configs, pairs = study.study_plan(compare.get_config("tiny"))
+    assert names[0] == "qsnet" and pairs == [("qsnet", n) for n in names[1:]]
+    assert configs["physics"].model.name == "physics"
+    names, configs, pairs = study.study_plan(generalization.get_config("tiny"))
+    assert ("swin_quantitative", "swin_qualitative") in pairs
+    assert configs["swin_qualitative"].data.input_channels == ("t1w", "t2w")
+    assert configs["swin_qualitative"].data.target_channels == ("t1flair", "t2flair", "swi")
+    assert configs["swin_qualitative"].model.name == "swin"
+    names, configs, pairs = study.study_plan(ablations.get_config())
+    assert configs["single_stage"].stages == ("finetune",)
+    assert configs["context_2_5d"].data.context_slices == 1
+    assert configs["no_pd"].data.input_channels == ("t1map", "t2map")
+    assert configs["no_adversary"].discriminator.name == "none"
+    assert not configs["no_deep_supervision"].model.deep_supervision
+
+
+def test_study_plan_errors():
+    def plan_with(**changes):
+        config = compare.get_config("tiny")
+        for key, value in changes.items():
+            config.study[key] = value
+        return study.study_plan(config)
+
+    with pytest.raises(UserError, match="reference='nope' is not a variant"):
+        plan_with(reference="nope")
+    with pytest.raises(UserError, match="unknown variant"):
+        plan_with(only=("nope",))
+    with pytest.raises(UserError, match="is not a pair"):
+        plan_with(pairs=(("qsnet", "nope"),))
+    config = compare.get_config("tiny")
+    config.study.variants.resunet = ("not_a_config_module",)
+    with pytest.raises(UserError, match="no configs/not_a_config_module.py"):
+        study.study_plan(config)
+    # a subset brings its reference along
+    names, _, pairs = plan_with(only=("swin",))
+    assert names == ["qsnet", "swin"] and pairs == [("qsnet", "swin")]
+    with pytest.raises(UserError, match="no study section"):
+        study.study_plan(default.get_config())
+
+
+# ------------------------------------------------------------------ end to end (slow)
+
+
+def _tiny(module, cohort, **study_fields):
+    config = module.get_config("tiny")
+    config.data.cohort_dir = str(cohort)
+    for key, value in study_fields.items():
+        config.study[key] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory, tiny_cohort):
+    """The three tiny studies, run once: compare in full; generalization for one architecture
+    pair; ablations for two variants, reusing compare's QS-Net run as the full model."""
+    root = tmp_path_factory.mktemp("studies")
+    out = {}
+    config = _tiny(compare, tiny_cohort)
+    out["compare"] = (config, str(root / "compare"), study.run_study(config, root / "compare"))
+    config = _tiny(generalization, tiny_cohort, only=("qsnet_qualitative",))
+    out["generalization"] = (config, str(root / "generalization"),
+                             study.run_study(config, root / "generalization"))
+    os.makedirs(root / "ablations")
+    shutil.copytree(root / "compare" / "qsnet", root / "ablations" / "full")
+    config = _tiny(ablations, tiny_cohort, only=("single_stage", "context_2_5d"))
+    out["ablations"] = (config, str(root / "ablations"),
+                        study.run_study(config, root / "ablations"))
+    return out
+
+
+def _expected_variants(name, config):
+    return study.study_plan(config)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["compare", "generalization", "ablations"])
+def test_study_tables_come_from_the_runs(studies, name):
+    config, workdir, _ = studies[name]
+    variants = _expected_variants(name, config)
+    out = os.path.join(workdir, "comparison")
+    with open(os.path.join(out, "metrics.json")) as f:
+        combined = json.load(f)
+    assert combined["variants"] == variants
+    for variant in variants:
+        entry = combined["models"][variant]
+        with open(entry["eval"]) as f:
+            per_variant = json.load(f)
+        assert entry["eval"].startswith(os.path.join(workdir, variant) + os.sep)
+        assert per_variant["split"] == config.study.split
+        recomputed = evaluation.jsonable(evaluation.aggregate(per_variant["per_subject"]))
+        assert entry["summary"] == recomputed
+        assert entry["per_subject"] == per_variant["per_subject"]
+        assert set(entry["summary"]) == set(config.data.target_channels)
+        for contrast in config.data.target_channels:
+            for key in ("mae", "ssim", "psnr"):
+                assert math.isfinite(entry["summary"][contrast][key]["mean"])
+    assert combined["pairs"]
+    for test in combined["wilcoxon"]:
+        a = combined["models"][test["a"]]["per_subject"]
+        b = combined["models"][test["b"]]["per_subject"]
+        for contrast, results in test["results"].items():
+            for key, result in results.items():
+                expected = evaluation.paired_wilcoxon(
+                    {s: v[contrast][key] for s, v in a.items()},
+                    {s: v[contrast][key] for s, v in b.items()})
+                assert result["p_value"] == pytest.approx(expected["p_value"])
+                assert result["n"] == expected["n"]
+    with open(os.path.join(out, "report.md")) as f:
+        report = f.read()
+    for variant in variants:
+        assert re.search(rf"^\| \S+ \| {variant} \|", report, re.M), variant
+    assert "(p=" in report
+    with open(os.path.join(out, "metrics.csv")) as f:
+        lines = f.read().splitlines()
+    assert {line.split(",")[0] for line in lines[1:]} == set(variants)
+    figures = os.listdir(os.path.join(out, "figures"))
+    assert figures and all(f.endswith(".png") for f in figures)
+    assert not [f for f in os.listdir(workdir) if ".tmp-" in f]
+
+
+@pytest.mark.slow
+def test_finished_variants_are_reused(studies):
+    config, workdir, _ = studies["ablations"]
+    config = copy.deepcopy(config)
+    assert "full" in study.study_plan(config)[0]  # copied from compare: reused, not trained
+    stream = io.StringIO()
+    config.study.num_figure_subjects = 0
+    study.run_study(config, workdir, stream=stream)
+    log = stream.getvalue()
+    assert log.count("reusing the finished stages") == 3, log
+    assert "training" not in log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override, words", [
+    ("--config.study.variants.resunet=('resunet','model.nope=1')",
+     "unknown config key 'model.nope'"),
+    ("--config.study.only=('nope',)", "unknown variant"),
+])
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, override, words):
+    command = [sys.executable, "-m", "experiments.compare", "--config=configs/compare.py:tiny",
+               f"--workdir={tmp_path / 'w'}", override]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], done.stderr
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_variant_names_are_ordered_as_written():
+    assert list(compare.get_config("tiny").study.variants)[:2] == ["qsnet", "resunet"]
+    assert isinstance(study.base_config(compare.get_config()), ml_collections.ConfigDict)
+    assert study_sizes.freeze_override(compare.get_config()) == \
+        "finetune.freeze_encoder_steps=500"
