@@ -190,12 +190,14 @@ def train_stage(config: ml_collections.ConfigDict, *, stage: str, stage_dir: str
                              sample_inputs, train=False)))
     gen_optimizer = build_gen_optimizer(abstract_gen_vars["params"])
 
-    def init_fn(rng):
+    # The starting generator weights are an argument, not a closure constant: baked into the
+    # program they would make XLA compile (and hash) megabytes of literals.
+    def init_fn(rng, start_variables):
         return init_train_state(rng, generator, discriminator, gen_optimizer, disc_optimizer,
-                                sample_inputs, sample_targets, init_generator_variables)
+                                sample_inputs, sample_targets, start_variables)
 
     rng = jax.random.PRNGKey(int(config.seed))
-    abstract_state = jax.eval_shape(init_fn, rng)
+    abstract_state = jax.eval_shape(init_fn, rng, init_generator_variables)
     state_sharding = mesh_lib.state_shardings(abstract_state, mesh, config.mesh)
     if start_step:
         state, _ = checkpoints.restore_state(manager, start_step, abstract_state,
@@ -204,7 +206,8 @@ def train_stage(config: ml_collections.ConfigDict, *, stage: str, stage_dir: str
     else:
         # Initialized on one device and then laid out: the values do not depend on the mesh
         # (8 devices start from exactly the weights 1 device starts from).
-        state = mesh_lib.place(jax.device_get(jax.jit(init_fn)(rng)), state_sharding)
+        state = mesh_lib.place(jax.device_get(jax.jit(init_fn)(rng, init_generator_variables)),
+                               state_sharding)
 
     batch_keys = steps.TRAIN_BATCH_KEYS
     train_step = mesh_lib.compile_train_step(
