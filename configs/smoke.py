@@ -21,6 +21,7 @@ def get_config():
     config.optim.ema_decay = 0.9
     for stage in (config.pretrain, config.finetune):
         stage.steps = 6
+    config.finetune.freeze_encoder_steps = 2  # exercises the encoder freeze end to end
     config.train.batch_size = 4
     config.train.log_every_steps = 2
     config.train.eval_every_steps = 6
