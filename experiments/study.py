@@ -390,14 +390,16 @@ def run_variant(name: str, vconfig, vdir: str, split: str, cohort_dir: str, *, i
 
 def run_study(config: ml_collections.ConfigDict, workdir: str, *, stream=sys.stdout) -> dict:
     """Run every variant, then write WORKDIR/comparison/. Returns the combined result."""
+    from experiments import evaluate, job  # noqa: PLC0415
+
+    if "train" in config:
+        job.configure_runtime(config)  # quiet INFO logs (e.g. JAX's backend probing)
     names, configs, pairs = study_plan(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     if not os.path.isdir(os.path.dirname(workdir)):
         raise UserError(f"the parent of --workdir does not exist: {os.path.dirname(workdir)}")
     os.makedirs(workdir, exist_ok=True)
     split = str(config.study.split)
-    from experiments import evaluate, job  # noqa: PLC0415
-
     cohorts = {name: job.get_cohort(vconfig) for name, vconfig in configs.items()}
     for name in names:  # fail on a missing split before hours of training
         evaluate.split_records(cohorts[name], split)
