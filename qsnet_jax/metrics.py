@@ -110,7 +110,7 @@ def axial_ssim_map(pred, target, *, data_range: float = DATA_RANGE) -> np.ndarra
     # [X, Y, Z, ...] -> [..., Z, X, Y]: slices (and contrasts) become the batch axes.
     order = tuple(range(3, pred.ndim)) + (2, 0, 1)
     inverse = tuple(np.argsort(order))
-    cpu = jax.devices("cpu")[0]
+    cpu = jax.local_devices(backend="cpu")[0]
     with jax.enable_x64(True):
         x = jax.device_put(np.transpose(pred, order).astype(np.float64), cpu)
         y = jax.device_put(np.transpose(target, order).astype(np.float64), cpu)
