@@ -57,7 +57,9 @@ def base_config(size=None) -> ml_collections.ConfigDict:
         model.window_size = 7
         disc.base_width, disc.num_layers, disc.num_scales = 16, 3, 2
         config.optim.ema_decay = 0.99
-        config.pretrain.steps, config.finetune.steps = 300, 200
+        # few steps: the quick start's higher learning rates (the same for every variant)
+        config.pretrain.steps, config.finetune.steps = 200, 100
+        config.pretrain.learning_rate, config.finetune.learning_rate = 1e-3, 5e-4
         config.train.batch_size = 4
         config.eval.batch_size = 16
         every = 100
