@@ -73,3 +73,23 @@ def _fail_unknown_key(error: KeyError):
 def _first_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[0] if lines else "invalid arguments"
+
+
+def config_job_main(flag_values, load_job):
+    """The `main(argv)` of an entry point driven by --config and --workdir.
+
+    `load_job()` imports and returns the job function `(config, workdir)`; it is called only
+    after TensorFlow is silenced, so the heavy imports stay quiet.
+    """
+
+    def main(argv):
+        if len(argv) > 1:
+            fail(f"unexpected arguments: {' '.join(argv[1:])}")
+        config = load_config_flag(flag_values)
+        quiet_tensorflow()
+        try:
+            load_job()(config, flag_values.workdir)
+        except UserError as error:
+            fail(str(error))
+
+    return main

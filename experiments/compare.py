@@ -19,17 +19,13 @@ flags.DEFINE_string("workdir", None, "Directory of the variants' work dirs and c
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    config = cli.load_config_flag(FLAGS)
-    cli.quiet_tensorflow()
-    from experiments import study  # noqa: PLC0415 (after TF is silenced)
+def _load_job():
+    from experiments import study  # noqa: PLC0415 (imported after TF is silenced)
 
-    try:
-        study.run_study(config, FLAGS.workdir)
-    except cli.UserError as error:
-        cli.fail(str(error))
+    return study.run_study
+
+
+main = cli.config_job_main(FLAGS, _load_job)
 
 
 if __name__ == "__main__":
