@@ -157,8 +157,8 @@ def test_shift_mask_separates_wrapped_regions():
 
 
 def tiny_swin_config(**overrides):
-    return model_config("swin", embed_dim=8, swin_depths=(2, 2), swin_heads=(1, 2),
-                        window_size=4, **overrides)
+    settings = dict(embed_dim=8, swin_depths=(2, 2), swin_heads=(1, 2), window_size=4)
+    return model_config("swin", **{**settings, **overrides})
 
 
 def test_swin_generator_any_size():
@@ -178,6 +178,18 @@ def test_swin_gradients_reach_every_parameter():
     params = jax.jit(module.init)(jax.random.key(0), x)["params"]
     loss = lambda p: jnp.mean((module.apply({"params": p}, x).prediction - 0.3) ** 2)
     assert_every_grad_finite_and_nonzero(jax.jit(jax.grad(loss))(params))
+
+
+def test_swin_gradients_stay_bounded_on_an_all_background_slice():
+    # An all-zero slice used to embed to channel-constant tokens, whose LayerNorm gradient
+    # (1/sqrt(eps)) compounds through the blocks: inf at the quick study size.
+    module = build(tiny_swin_config(swin_depths=(2, 2, 2), swin_heads=(1, 2, 4)))
+    x = jnp.zeros((1, 64, 64, 3))
+    params = jax.jit(module.init)(jax.random.key(0), x)["params"]
+    loss = lambda p: jnp.mean((module.apply({"params": p}, x).prediction - 0.3) ** 2)
+    grads = jax.tree_util.tree_leaves(jax.jit(jax.grad(loss))(params))
+    largest = max(float(jnp.max(jnp.abs(g))) for g in grads)
+    assert np.isfinite(largest) and largest < 10.0, largest
 
 
 def test_default_swin_is_swin_unet_sized():

@@ -26,6 +26,7 @@ from qsnet_jax.models.qsnet import GeneratorOutput
 
 PATCH_SIZE = 4
 MLP_RATIO = 4
+LAYER_NORM_EPS = 1e-5  # the Swin reference (PyTorch LayerNorm default)
 MASKED_LOGIT = -1e9  # added to logits of token pairs from different shifted regions
 
 
@@ -119,10 +120,10 @@ class SwinBlock(nn.Module):
         channels = x.shape[-1]
         single_window = x.shape[1] <= self.window and x.shape[2] <= self.window
         shift = 0 if single_window else self.shift
-        h = nn.LayerNorm(dtype=self.dtype, name="norm_attention")(x)
+        h = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, name="norm_attention")(x)
         x = x + WindowAttention(self.num_heads, self.window, shift, self.dtype,
                                 name="attention")(h)
-        h = nn.LayerNorm(dtype=self.dtype, name="norm_mlp")(x)
+        h = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, name="norm_mlp")(x)
         h = nn.gelu(nn.Dense(MLP_RATIO * channels, dtype=self.dtype, name="mlp_in")(h))
         return x + nn.Dense(channels, dtype=self.dtype, name="mlp_out")(h)
 
@@ -153,9 +154,15 @@ class SwinUNet(nn.Module):
         multiple = PATCH_SIZE * 2 ** (stages - 1) * self.window_size
         x, size = layers.pad_to_multiple(x.astype(self.dtype), multiple)
         dense = lambda features, name: nn.Dense(features, dtype=self.dtype, name=name)
-        norm = lambda name: nn.LayerNorm(dtype=self.dtype, name=name)
+        norm = lambda name: nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, name=name)
 
-        h = dense(self.embed_dim, "stem_patch_embed")(layers.space_to_depth(x, PATCH_SIZE))
+        # A random (not zero) bias: an all-background patch then embeds to a token whose
+        # channels differ, so LayerNorm's gradient stays finite. With flax's zero bias such a
+        # token is constant, LayerNorm's gradient there is 1/sqrt(eps), and the residual chain
+        # of blocks overflows it to inf (PyTorch's Linear starts with a random bias).
+        h = nn.Dense(self.embed_dim, dtype=self.dtype, name="stem_patch_embed",
+                     bias_init=nn.initializers.normal(stddev=0.02))(
+            layers.space_to_depth(x, PATCH_SIZE))
         h = norm("stem_patch_norm")(h)
         skips = []
         for stage in range(stages):
