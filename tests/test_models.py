@@ -272,6 +272,21 @@ def test_multiscale_discriminator_returns_one_logit_map_per_scale(norm, spectral
     assert not np.allclose(other[0], disc.apply(variables, condition, image)[0])
 
 
+def test_discriminator_rejects_slices_too_small_for_a_scale():
+    # 3 layers map n pixels to floor(n/8) - 2 patches: scale 1 of a 32x32 slice (16 px) would
+    # be an empty map (NaN logits), so it is refused with the size it needs (24).
+    disc_config = default.get_config().discriminator
+    disc_config.update(base_width=4, num_layers=3, num_scales=2)
+    disc = models.build_discriminator(disc_config)
+    small = jnp.zeros((1, 32, 32, 3))
+    with pytest.raises(ValueError, match="scale 1 sees 16x16 pixels, fewer than the 24"):
+        disc.init(jax.random.key(0), small, small)
+    fits = jnp.zeros((1, 48, 48, 3))
+    logits = jax.eval_shape(lambda c, i: disc.init_with_output(jax.random.key(0), c, i)[0],
+                            fits, fits)
+    assert [lg.shape for lg in logits] == [(1, 4, 4, 1), (1, 1, 1, 1)]
+
+
 def test_seventy_by_seventy_patchgan_at_the_reference_settings_has_2_8m_params():
     disc_config = default.get_config().discriminator
     disc_config.update(name="patchgan", base_width=64, num_layers=3, norm="batch")

@@ -73,7 +73,18 @@ class ConditionalDiscriminator(nn.Module):
             if scale > 0:
                 x = nn.avg_pool(x, (3, 3), strides=(2, 2), padding="SAME",
                                 count_include_pad=False)
+            self._check_size(x.shape[1:3], scale)
             patchgan = PatchGAN(self.base_width, self.num_layers, self.norm,
                                 self.spectral_norm, name=f"scale_{scale}")
             logits.append(patchgan(x, train))
         return logits
+
+    def _check_size(self, size, scale):
+        """The PatchGAN maps n pixels to floor(n / 2**num_layers) - 2 patches (stride-2 convs,
+        then two 4x4 stride-1 convs); an empty map would give NaN logits, not an error."""
+        smallest = 3 * 2**self.num_layers
+        if min(size) < smallest:
+            raise ValueError(
+                f"the discriminator's scale {scale} sees {size[0]}x{size[1]} pixels, fewer than "
+                f"the {smallest} a {self.num_layers}-layer PatchGAN needs: use fewer "
+                "discriminator.num_scales or num_layers, or larger slices")
