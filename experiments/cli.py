@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -93,3 +94,18 @@ def config_job_main(flag_values, load_job):
             fail(str(error))
 
     return main
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit code 2, like every CLI here."""
+
+    def error(self, message):
+        fail(message)
+
+
+def write_atomic(path: str, text: str):
+    """Write `text` to `path` through a temporary name, so a reader never sees half a file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -16,7 +16,6 @@ The training job calls ``evaluate_run`` after each stage.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -179,11 +178,6 @@ def evaluate_run(config, workdir: str, stage: str, split: str | None = None, *,
     return {"per_subject": per_subject, "summary": summary, "dir": out_dir}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        cli.fail(message)
-
-
 def _last_stage(workdir: str) -> str:
     stages = [d for d in sorted(os.listdir(workdir))
               if os.path.isdir(os.path.join(workdir, d, "checkpoints"))]
@@ -199,7 +193,7 @@ def _last_stage(workdir: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None):
-    parser = _Parser(prog="python -m experiments.evaluate",
+    parser = cli.OneLineArgumentParser(prog="python -m experiments.evaluate",
                      description="Score a trained generator on a cohort split.")
     parser.add_argument("--workdir", required=True, help="the training work dir")
     parser.add_argument("--split", default="", help="cohort split (default: config eval.split)")

@@ -18,7 +18,7 @@ import os
 import ml_collections
 import numpy as np
 
-from experiments.cli import UserError
+from experiments.cli import UserError, write_atomic
 
 STAGE_DONE = "done.json"
 MODEL_SUMMARY = "model_summary.json"
@@ -31,7 +31,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
         raise UserError(f"the parent of --workdir does not exist: {parent}")
     os.makedirs(workdir, exist_ok=True)
     if _is_chief():
-        _write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+        write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
     return workdir
 
 
@@ -275,7 +275,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
     for index, stage in enumerate(config.stages):
         stage_config = config[stage]
         stage_dir = os.path.join(workdir, stage)
-        if _stage_done(stage_dir, int(stage_config.steps)):
+        if stage_done(stage_dir, int(stage_config.steps)):
             print(f"[{stage}] already trained to {stage_config.steps} steps in {stage_dir}; "
                   "skipped", flush=True)
             continue
@@ -301,7 +301,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         if config.eval.after_each_stage:
             evaluate_stage(config, workdir, stage_dir, stage_config.eval_split, cohort_dir)
         if _is_chief():
-            _write_atomic(os.path.join(stage_dir, STAGE_DONE), json.dumps(
+            write_atomic(os.path.join(stage_dir, STAGE_DONE), json.dumps(
                 {"steps": result.steps, "best_score": result.best_score,
                  "best_metric": config.train.best_metric, "last_scores": result.last_scores},
                 indent=2))
@@ -309,16 +309,9 @@ def run(config: ml_collections.ConfigDict, workdir: str):
     return results
 
 
-def _stage_done(stage_dir: str, steps: int) -> bool:
+def stage_done(stage_dir: str, steps: int) -> bool:
     path = os.path.join(stage_dir, STAGE_DONE)
     if not os.path.exists(path):
         return False
     with open(path) as f:
         return json.load(f).get("steps") == steps
-
-
-def _write_atomic(path: str, text: str):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -50,7 +50,7 @@ from collections.abc import Mapping, Sequence
 import ml_collections
 import numpy as np
 
-from experiments.cli import UserError
+from experiments.cli import UserError, write_atomic
 
 COMPARISON_DIR = "comparison"
 PHYSICS_STAGE = "fit"
@@ -272,7 +272,7 @@ def _diff(a, b, prefix=""):
 def _stages_done(vdir: str, vconfig) -> bool:
     from experiments import job  # noqa: PLC0415
 
-    return all(job._stage_done(os.path.join(vdir, stage), int(vconfig[stage].steps))
+    return all(job.stage_done(os.path.join(vdir, stage), int(vconfig[stage].steps))
                for stage in vconfig.stages)
 
 
@@ -322,7 +322,7 @@ def _fit_physics(vconfig, vdir: str, cohort_dir: str, stream) -> str:
     fitted = models.fit_physics_scales(module, variables, batches())
     scales = [float(s) for s in np.asarray(fitted["params"]["contrast_scale"])]
     os.makedirs(stage_dir, exist_ok=True)
-    job._write_atomic(path, json.dumps({
+    write_atomic(path, json.dumps({
         "contrast_scale": scales, "target_channels": list(vconfig.data.target_channels),
         "fitted_on": splits, "site": str(vconfig.model.physics_site),
         "method": "least squares inside the brain mask over every slice of the splits"},

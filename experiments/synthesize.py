@@ -308,15 +308,10 @@ def synthesize_manifest(config, module, variables, manifest_path: str, out_dir: 
                         for name in target_channels} for r in records}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        cli.fail(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from qsnet_jax.physics.channels import ALL_CHANNELS  # noqa: PLC0415
 
-    parser = _Parser(prog="python -m experiments.synthesize",
+    parser = cli.OneLineArgumentParser(prog="python -m experiments.synthesize",
                      description="Synthesize weighted MRI contrasts from quantitative maps.")
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--workdir", help="a training work dir (its last stage's best model)")
