@@ -15,6 +15,12 @@ quantitative map present) within `AFFINE_TOLERANCE_MM`; `resample=True` resample
 onto it. Channels are normalized by `qsnet_jax.physics.channels.normalize_channel`, the single
 normalization of DESIGN.md section 3.
 
+The MRF subspace (`mrf_subspace` column, docs/interfaces.md) is a 4D NIfTI [X, Y, Z, 2k]:
+each voxel's fingerprint projected on the cohort's rank-k temporal basis, real parts then
+imaginary parts of the k coefficients. The basis itself, complex [T, k] with orthonormal
+columns, lies once in the root as `mrf_basis.npy`; a cohort that has a subspace column must
+have it, and every subspace file must have 2k channels (the checker says which file does not).
+
 Check a cohort from the shell (exit 0 when clean, 2 with one line per problem):
 
     python -m data_pipelines.cohort check DIR
@@ -36,9 +42,12 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from qsnet_jax.physics import subspace as subspace_lib
 from qsnet_jax.physics.channels import (
-    ALL_CHANNELS,
+    INPUT_CHANNELS,
+    MULTI_PLANE_CHANNELS,
     QUANTITATIVE_CHANNELS,
+    SUBSPACE_CHANNEL,
     normalize_channel,
 )
 
@@ -46,7 +55,8 @@ MANIFEST = "manifest.csv"
 REQUIRED_COLUMNS = ("subject", "group", "site", "split")
 MASK_COLUMN = "brain_mask"
 LABELS_COLUMN = "labels"
-MODALITY_COLUMNS = ALL_CHANNELS + (MASK_COLUMN, LABELS_COLUMN)
+MODALITY_COLUMNS = INPUT_CHANNELS + (MASK_COLUMN, LABELS_COLUMN)
+BASIS_FILE = "mrf_basis.npy"  # the temporal basis of the mrf_subspace column, in the root
 GROUPS = ("healthy", "gbm")
 KNOWN_SPLITS = ("healthy_train", "healthy_test", "gbm_train", "gbm_test", "external_test")
 SPLIT_PATTERN = re.compile(r"^[a-z0-9_]+$")
@@ -89,7 +99,7 @@ class SubjectRecord:
 
     @property
     def channels(self):
-        return tuple(c for c in ALL_CHANNELS if self.files.get(c))
+        return tuple(c for c in INPUT_CHANNELS if self.files.get(c))
 
     @property
     def reference(self):
@@ -158,9 +168,9 @@ def _read_manifest(root):
             problems.append(Problem("-", path, f"unknown column '{h}' (did you mean "
                                     f"'{close[0]}'?)"))
     modalities = [h for h in header if h in MODALITY_COLUMNS]
-    if not any(m in ALL_CHANNELS for m in modalities) and not missing:
+    if not any(m in INPUT_CHANNELS for m in modalities) and not missing:
         problems.append(Problem("-", path, f"no modality column; expected some of "
-                                f"{list(ALL_CHANNELS)}"))
+                                f"{list(INPUT_CHANNELS)}"))
     if missing or dupes:
         return [], problems
 
@@ -195,7 +205,7 @@ def _read_manifest(root):
                                     "digits, '_', '.', '-'"))
         problems.extend(Problem(who, path, m) for m in _split_problems(split, group))
         files = {m: cells[m] for m in modalities if cells.get(m)}
-        if not any(m in ALL_CHANNELS for m in files):
+        if not any(m in INPUT_CHANNELS for m in files):
             problems.append(Problem(who, path, "no modality file given for this subject"))
         records.append(SubjectRecord(subject, group, site, split, files, line))
     if not records and not problems:
@@ -222,7 +232,9 @@ def _split_problems(split, group):
 
 
 def _read_nifti(path, *, what):
-    """(canonical image, data float32 or uint8-ready float32). Raises CohortError."""
+    """(canonical image, data float32 or uint8-ready float32). Raises CohortError.
+
+    3D, except for a multi-plane channel (mrf_subspace): 4D [X, Y, Z, planes]."""
     if not os.path.exists(path):
         raise CohortError(f"{path}: missing file ({what})")
     try:
@@ -231,6 +243,11 @@ def _read_nifti(path, *, what):
     except Exception as e:  # nibabel, gzip, zlib and EOF errors all mean: unreadable
         raise CohortError(f"{path}: cannot read NIfTI ({what}): {type(e).__name__}: "
                           f"{e}") from None
+    if what in MULTI_PLANE_CHANNELS:
+        if data.ndim != 4:
+            raise CohortError(f"{path}: a {data.ndim}D volume of shape {data.shape}; {what} "
+                              "is a 4D volume [X, Y, Z, 2k]")
+        return image, data
     if data.ndim > 3:
         if all(s == 1 for s in data.shape[3:]):
             data = data.reshape(data.shape[:3])
@@ -258,6 +275,9 @@ def canonical_shape(path):
 
 def _resample(data, affine, ref_shape, ref_affine, *, order):
     """`data` (on `affine`) sampled on the reference grid: scipy.ndimage, linear or nearest."""
+    if data.ndim == 4:  # each plane of a multi-plane channel on its own
+        return np.stack([_resample(data[..., p], affine, ref_shape, ref_affine, order=order)
+                         for p in range(data.shape[3])], axis=-1)
     ref_to_src = np.linalg.inv(affine) @ ref_affine
     return ndimage.affine_transform(
         data, ref_to_src[:3, :3], offset=ref_to_src[:3, 3], output_shape=tuple(ref_shape),
@@ -301,9 +321,12 @@ def _otsu(values, bins=256):
     return float(centers[int(np.argmax(between))])
 
 
-def _subject_problems(root, record, channels, *, convert_seconds=False, resample=False):
+def _subject_problems(root, record, channels, *, convert_seconds=False, resample=False,
+                      subspace_planes=None):
     """Every problem of one subject's files (all of them, not the first), and the raw
-    volumes/grid when readable: (problems, raw dict, mask, labels, image of reference)."""
+    volumes/grid when readable: (problems, raw dict, mask, labels, image of reference).
+    `subspace_planes`: the channel count an mrf_subspace file must have (2 x the basis rank;
+    None: any even count)."""
     problems = []
     subject = record.subject
     wanted = [c for c in (channels or record.channels) if record.files.get(c)]
@@ -319,7 +342,10 @@ def _subject_problems(root, record, channels, *, convert_seconds=False, resample
             problems.append(Problem(subject, path, str(e).split(": ", 1)[1]))
             continue
         raw[name] = data
-        grids[name] = (data.shape, image.affine, image)
+        grids[name] = (data.shape[:3], image.affine, image)
+        if name == SUBSPACE_CHANNEL:
+            problems.extend(Problem(subject, path, m)
+                            for m in _subspace_shape_problems(data.shape, subspace_planes))
     if not wanted:
         problems.append(Problem(subject, MANIFEST, "no channel file to load"))
     if not raw:
@@ -368,7 +394,12 @@ def _subject_problems(root, record, channels, *, convert_seconds=False, resample
                                     f"label values {bad[:5]} outside {list(LABEL_VALUES)}"))
     # The brain mask: given, else computed from what is on the reference grid.
     on_grid = {k: v for k, v in raw.items()
-               if record.path(root, k) not in bad_grid and k in ALL_CHANNELS}
+               if record.path(root, k) not in bad_grid and k in INPUT_CHANNELS}
+    if SUBSPACE_CHANNEL in on_grid:  # a computed mask sees |c_1|, the amplitude (as PD)
+        planes = on_grid.pop(SUBSPACE_CHANNEL)
+        if not _subspace_shape_problems(planes.shape, None):
+            first = subspace_lib.channels_to_coefficients(planes)[..., 0]
+            on_grid[SUBSPACE_CHANNEL] = np.abs(first)
     if MASK_COLUMN in raw and record.path(root, MASK_COLUMN) not in bad_grid:
         mask = (np.nan_to_num(raw[MASK_COLUMN]) > 0.5).astype(np.uint8)
         mask_file = record.path(root, MASK_COLUMN)
@@ -404,15 +435,54 @@ def _subject_problems(root, record, channels, *, convert_seconds=False, resample
     return problems, dict(raw=raw, mask=mask, ref_image=ref_image, ref_name=ref_name)
 
 
+def _subspace_shape_problems(shape, planes):
+    if len(shape) != 4 or shape[3] % 2:
+        return [f"{SUBSPACE_CHANNEL} of shape {tuple(shape)}: 2k channels expected (the real "
+                "parts of the k coefficients, then their imaginary parts)"]
+    if planes is not None and shape[3] != planes:
+        return [f"{SUBSPACE_CHANNEL} has {shape[3]} channels but the cohort's {BASIS_FILE} "
+                f"has rank {planes // 2} ({planes} channels expected: real and imaginary "
+                "parts of each coefficient)"]
+    return []
+
+
+def read_basis(root) -> np.ndarray:
+    """The cohort's temporal basis, complex64 [T, k]; CohortError naming the file."""
+    path = os.path.join(os.fspath(root), BASIS_FILE)
+    if not os.path.isfile(path):
+        raise CohortError(f"{path}: missing file (a cohort with an {SUBSPACE_CHANNEL} column "
+                          "needs the temporal basis [T, k] of its subspace)")
+    try:
+        basis = np.load(path, allow_pickle=False)
+        return subspace_lib.check_basis(basis)
+    except (OSError, ValueError) as e:
+        raise CohortError(f"{path}: not a usable temporal basis: {e}") from None
+
+
+def subspace_planes(root, records) -> int | None:
+    """2 x the basis rank when some subject has an mrf_subspace, else None (CohortError when
+    the basis is missing or broken)."""
+    if not any(r.files.get(SUBSPACE_CHANNEL) for r in records):
+        return None
+    return 2 * int(read_basis(root).shape[1])
+
+
 def check_cohort(root, channels: Sequence[str] | None = None, *, convert_seconds=False,
                  resample=False) -> list[Problem]:
-    """Every problem of the cohort in one pass: manifest, then each subject's files (one
-    subject in memory at a time). `channels`: those that must be present (default: any)."""
+    """Every problem of the cohort in one pass: manifest, the subspace basis, then each
+    subject's files (one subject in memory at a time). `channels`: those that must be
+    present (default: any)."""
     records, problems = _read_manifest(root)
+    planes = None
+    try:
+        planes = subspace_planes(root, records)
+    except CohortError as e:
+        path, message = str(e).split(": ", 1)
+        problems.append(Problem("-", path, message))
     for record in records:
         sub_problems, _ = _subject_problems(root, record, channels,
                                             convert_seconds=convert_seconds,
-                                            resample=resample)
+                                            resample=resample, subspace_planes=planes)
         problems.extend(sub_problems)
     # a duplicated subject row pointing at the same files would repeat the same problems
     return list(dict.fromkeys(problems))
@@ -421,9 +491,16 @@ def check_cohort(root, channels: Sequence[str] | None = None, *, convert_seconds
 def load_subject(root, record: SubjectRecord, channels: Sequence[str] | None = None, *,
                  convert_seconds=False, resample=False) -> SubjectVolumes:
     """Load, validate and normalize one subject. `channels` default: every channel the
-    manifest gives for it. Raises CohortError naming the subject, file and every problem."""
+    manifest gives for it. Raises CohortError naming the subject, file and every problem.
+    An mrf_subspace must match the basis in `root` (when `root` holds one: a subject loaded
+    from loose files has no cohort basis to compare with)."""
+    planes = None
+    if SUBSPACE_CHANNEL in (channels or record.channels) and root and \
+            os.path.isfile(os.path.join(os.fspath(root), MANIFEST)):
+        planes = subspace_planes(root, [record])
     problems, loaded = _subject_problems(root, record, channels,
-                                         convert_seconds=convert_seconds, resample=resample)
+                                         convert_seconds=convert_seconds, resample=resample,
+                                         subspace_planes=planes)
     if problems:
         raise CohortError(_join(problems))
     raw, mask = loaded["raw"], loaded["mask"]
@@ -482,9 +559,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     channels = [c for c in args.channels.split(",") if c] or None
     if channels:
-        unknown = [c for c in channels if c not in ALL_CHANNELS]
+        unknown = [c for c in channels if c not in INPUT_CHANNELS]
         if unknown:
-            print(f"-: --channels: unknown channel(s) {unknown}; known: {list(ALL_CHANNELS)}")
+            print(f"-: --channels: unknown channel(s) {unknown}; known: "
+                  f"{list(INPUT_CHANNELS)}")
             return 2
     problems = check_cohort(args.root, channels, convert_seconds=args.convert_seconds,
                             resample=args.resample)

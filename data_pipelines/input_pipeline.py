@@ -15,6 +15,12 @@ That makes three things exact and cheap:
   padded by replicating the edge slice (z clipped to [0, Z-1]): a zero slice would look like
   the end of the head to the network, a replicated one keeps the tissue it sees plausible.
 
+A named input channel gives one network channel per plane: one for a map or weighted image,
+2k for the MRF subspace (`mrf_subspace`, its coefficient channels in the file's order). The
+input-major order of docs/interfaces.md holds per plane: for each input channel, for each of
+its planes, slices z-k .. z+k; this is `qsnet_jax.inference.stack_context` applied to the
+channels stacked plane by plane, so training and whole-volume synthesis see the same layout.
+
 Training batches: slices whose brain fraction is below `min_brain_fraction` are skipped; each
 epoch is a permutation of the process's slices, cut into `len // batch_size` batches (the
 remainder is dropped). Augmentation, fixed per (seed, process, epoch, position):
@@ -91,6 +97,7 @@ class SplitView:
     target_channels: tuple
     context: int
     slice_shape: tuple
+    subspace_planes: int = 0  # 2k of the cohort's mrf_subspace (0: none)
 
     def __post_init__(self):
         n = len(self.source)
@@ -103,10 +110,18 @@ class SplitView:
         self.subject_ids = np.array([s["subject"] for s in self.subjects] + [""], dtype=object)
         self.jitter_mask = np.array([c in channels_lib.WEIGHTED_CHANNELS
                                      for c in self.input_channels])
+        self.planes = np.array([channels_lib.num_planes(c, self.subspace_planes)
+                                for c in self.input_channels])
 
     @property
     def num_input_planes(self):
-        return len(self.input_channels) * (2 * self.context + 1)
+        return int(self.planes.sum()) * (2 * self.context + 1)
+
+    @staticmethod
+    def _planes(example, name):
+        """A channel of one example as [X, Y, planes]."""
+        value = example[name]
+        return value[..., None] if value.ndim == 2 else value
 
     def _read(self, index):
         example = self.source[int(index)]
@@ -141,14 +156,17 @@ class SplitView:
                 zz = min(max(z + d, 0), nz - 1)
                 if zz not in neighbours:
                     neighbours[zz] = example if zz == z else self._read(offset + zz)
+            span = [neighbours[min(max(z + d, 0), nz - 1)]
+                    for d in range(-self.context, self.context + 1)]
             for c in self.input_channels:
-                for d in range(-self.context, self.context + 1):
-                    planes.append(neighbours[min(max(z + d, 0), nz - 1)][c])
-            inputs = np.stack(planes, axis=-1)
-            gain_per_plane = np.repeat(gains, 2 * self.context + 1)
+                stacked = np.stack([self._planes(e, c) for e in span], axis=-1)  # [X,Y,P,2k+1]
+                planes.append(stacked.reshape(stacked.shape[:2] + (-1,)))
+            inputs = np.concatenate(planes, axis=-1)
+            gain_per_plane = np.repeat(np.repeat(gains, self.planes), 2 * self.context + 1)
         else:
-            inputs = np.stack([example[c] for c in self.input_channels], axis=-1)
-            gain_per_plane = gains
+            inputs = np.concatenate([self._planes(example, c) for c in self.input_channels],
+                                    axis=-1)
+            gain_per_plane = np.repeat(gains, self.planes)
         inputs = inputs.astype(np.float32, copy=False)
         if np.any(gain_per_plane != 1):
             inputs = inputs * gain_per_plane.astype(np.float32)
@@ -179,7 +197,8 @@ def open_split(cohort_dir, split, data_config) -> SplitView:
     inputs = tuple(_get(data_config, "input_channels", channels_lib.QUANTITATIVE_CHANNELS))
     targets = tuple(_get(data_config, "target_channels", channels_lib.WEIGHTED_CHANNELS))
     channels_lib.check_channel_names(inputs, what="input channel")
-    channels_lib.check_channel_names(targets, what="target channel")
+    channels_lib.check_channel_names(targets, allowed=channels_lib.ALL_CHANNELS,
+                                     what="target channel")
     context = int(_get(data_config, "context_slices", 0))
     if context < 0:
         raise ValueError(f"context_slices must be >= 0, got {context}")
@@ -197,7 +216,8 @@ def open_split(cohort_dir, split, data_config) -> SplitView:
     source = builder.as_data_source(split)
     return SplitView(source=source, split=split, subjects=subjects, input_channels=inputs,
                      target_channels=targets, context=context,
-                     slice_shape=tuple(builder.builder_config.slice_shape))
+                     slice_shape=tuple(builder.builder_config.slice_shape),
+                     subspace_planes=builder.builder_config.subspace_planes)
 
 
 def _dataset(view: SplitView, plan: Iterable, *, batch_size, drop_remainder, prefetch):

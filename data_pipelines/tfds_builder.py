@@ -9,7 +9,8 @@ normalization constants, so a changed cohort is prepared again into a new folder
 
 Each example holds `subject_id`, `slice_index`, `num_slices`, `group`, `site`,
 `brain_fraction` (of the slice), every channel the manifest has (normalized float32 [X, Y],
-zeros where a subject lacks it), `brain_mask` (uint8) and `labels` (uint8, zeros when absent).
+or [X, Y, 2k] for the MRF subspace, whose basis rank enters the config; zeros where a subject
+lacks it), `brain_mask` (uint8) and `labels` (uint8, zeros when absent).
 Splits are the manifest's split names. Examples are written in (subject, slice) order
 (`disable_shuffling`), in the random-access `array_record` format, so the input pipeline can
 shuffle by index, resume exactly and gather neighbouring slices for 2.5D input; a subject
@@ -43,7 +44,7 @@ from qsnet_jax.physics import channels as channels_lib  # noqa: E402
 tf.config.set_visible_devices([], "GPU")
 
 # Bump when the example layout or the builder's logic changes: it enters the config hash.
-LAYOUT_VERSION = "2"
+LAYOUT_VERSION = "3"
 BUILDER_NAME = "qsnet_cohort"
 
 
@@ -51,20 +52,28 @@ class CohortConfig(tfds.core.BuilderConfig):
     """A config derived from one cohort: its channels, its slice shape and loading options."""
 
     def __init__(self, *, name, channels, slice_shape, splits, convert_seconds, resample,
-                 fingerprint, **kwargs):
+                 fingerprint, subspace_planes=0, **kwargs):
         super().__init__(name=name, version="1.0.0", **kwargs)
         self.channels = tuple(channels)
+        self.subspace_planes = int(subspace_planes)  # 2k of the mrf_subspace; 0: none
         self.slice_shape = tuple(int(s) for s in slice_shape)
         self.splits = tuple(splits)
         self.convert_seconds = bool(convert_seconds)
         self.resample = bool(resample)
         self.fingerprint = fingerprint
 
+    def slice_feature_shape(self, name):
+        """A channel's per-slice shape: [X, Y], or [X, Y, 2k] for the MRF subspace."""
+        planes = channels_lib.num_planes(name, self.subspace_planes)
+        return self.slice_shape + ((planes,) if name in channels_lib.MULTI_PLANE_CHANNELS
+                                   else ())
+
     @classmethod
     def from_cohort(cls, cohort_dir, *, convert_seconds=False, resample=False):
         root = os.fspath(cohort_dir)
         records = cohort_lib.read_manifest(root)
-        channels = [c for c in channels_lib.ALL_CHANNELS if any(c in r.files for r in records)]
+        channels = [c for c in channels_lib.INPUT_CHANNELS if any(c in r.files for r in records)]
+        subspace_planes = cohort_lib.subspace_planes(root, records) or 0
         slice_shape = cohort_lib.canonical_shape(records[0].path(root, records[0].reference))[:2]
         h = hashlib.sha256()
         with open(os.path.join(root, cohort_lib.MANIFEST), "rb") as f:
@@ -73,14 +82,18 @@ class CohortConfig(tfds.core.BuilderConfig):
             for column in sorted(r.files):
                 st = os.stat(r.path(root, column))
                 h.update(f"{r.subject}/{column}:{st.st_size}:{st.st_mtime_ns};".encode())
+        if subspace_planes:
+            basis = np.load(os.path.join(root, cohort_lib.BASIS_FILE), allow_pickle=False)
+            h.update(np.ascontiguousarray(basis).tobytes())
         normalization = {k: (v.lo_ms, v.hi_ms) for k, v in channels_lib.TIMING_SCALES.items()}
         h.update(json.dumps([LAYOUT_VERSION, convert_seconds, resample, normalization,
-                             channels_lib.PERCENTILE, list(slice_shape)]).encode())
+                             channels_lib.PERCENTILE, list(slice_shape), subspace_planes,
+                             channels_lib.SUBSPACE_NORMALIZATION]).encode())
         fingerprint = h.hexdigest()
         splits = sorted({r.split for r in records})
         return cls(name=f"c{fingerprint[:16]}", channels=channels, slice_shape=slice_shape,
                    splits=splits, convert_seconds=convert_seconds, resample=resample,
-                   fingerprint=fingerprint,
+                   fingerprint=fingerprint, subspace_planes=subspace_planes,
                    description=f"cohort {root}: {len(records)} subjects, channels "
                                f"{channels}, slices {tuple(slice_shape)}")
 
@@ -124,7 +137,8 @@ class QsnetCohort(tfds.core.GeneratorBasedBuilder):
             "labels": tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=zlib),
         }
         for name in cfg.channels:
-            features[name] = tfds.features.Tensor(shape=shape, dtype=np.float32, encoding=zlib)
+            features[name] = tfds.features.Tensor(shape=cfg.slice_feature_shape(name),
+                                                  dtype=np.float32, encoding=zlib)
         return self.dataset_info_from_configs(
             description="Axial slices of a QS-Net cohort: normalized quantitative maps and "
                         "weighted contrasts (DESIGN.md section 3), brain mask, tumor labels.",
@@ -148,6 +162,7 @@ class QsnetCohort(tfds.core.GeneratorBasedBuilder):
         self._problems = []
         self.info.metadata["subjects"] = {}
         self.info.metadata["channels"] = list(self.builder_config.channels)
+        self.info.metadata["subspace_planes"] = self.builder_config.subspace_planes
         self.info.metadata["slice_shape"] = list(self.builder_config.slice_shape)
         self.info.metadata["cohort_dir"] = self.cohort_dir
         names = sorted(by_split)
@@ -177,7 +192,6 @@ class QsnetCohort(tfds.core.GeneratorBasedBuilder):
             nz = subject.shape[2]
             mask = subject.brain_mask
             fractions = mask.reshape(-1, nz).mean(axis=0).astype(np.float32)
-            zeros = np.zeros(cfg.slice_shape, np.float32)
             index.append({"subject": record.subject, "group": record.group,
                           "site": record.site, "offset": key, "num_slices": nz,
                           "channels": sorted(subject.volumes),
@@ -191,7 +205,8 @@ class QsnetCohort(tfds.core.GeneratorBasedBuilder):
                 }
                 for name in cfg.channels:
                     vol = subject.volumes.get(name)
-                    example[name] = zeros if vol is None else np.ascontiguousarray(vol[:, :, z])
+                    example[name] = (np.zeros(cfg.slice_feature_shape(name), np.float32)
+                                     if vol is None else np.ascontiguousarray(vol[:, :, z]))
                 yield key, example
                 key += 1
             del subject

@@ -112,7 +112,9 @@ def load_record(root, record, *, channels: Sequence[str], convert_seconds: bool 
 
 
 def stack_inputs(subject_volumes, channels: Sequence[str]) -> np.ndarray:
-    return np.stack([subject_volumes.volumes[name] for name in channels], axis=-1)
+    from qsnet_jax.physics.channels import stack_planes  # noqa: PLC0415
+
+    return stack_planes(subject_volumes.volumes, channels)
 
 
 # ------------------------------------------------------------------ synthesis
@@ -309,14 +311,14 @@ def synthesize_manifest(config, module, variables, manifest_path: str, out_dir: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from qsnet_jax.physics.channels import ALL_CHANNELS  # noqa: PLC0415
+    from qsnet_jax.physics.channels import INPUT_CHANNELS  # noqa: PLC0415
 
     parser = cli.OneLineArgumentParser(prog="python -m experiments.synthesize",
                      description="Synthesize weighted MRI contrasts from quantitative maps.")
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--workdir", help="a training work dir (its last stage's best model)")
     model.add_argument("--checkpoint", help="a stage dir or a checkpoint step dir")
-    for name in ALL_CHANNELS:
+    for name in INPUT_CHANNELS:
         parser.add_argument(f"--{name}", default="", metavar="PATH",
                             help=f"{name} NIfTI (the model's inputs: see its config)")
     parser.add_argument("--mask", default="", metavar="PATH",
@@ -337,9 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args, *, model_loader: Callable = load_model) -> dict:
-    from qsnet_jax.physics.channels import ALL_CHANNELS  # noqa: PLC0415
+    from qsnet_jax.physics.channels import INPUT_CHANNELS  # noqa: PLC0415
 
-    given = {name: getattr(args, name) for name in ALL_CHANNELS if getattr(args, name)}
+    given = {name: getattr(args, name) for name in INPUT_CHANNELS if getattr(args, name)}
     if args.manifest and (given or args.mask):
         raise cli.UserError("--manifest synthesizes a cohort; do not also pass input files")
     if not args.manifest and not given:

@@ -12,6 +12,9 @@ and whole-volume synthesis:
 - PD is relative: scaled per volume like a weighted image.
 - Weighted images (t1w, t2w, t1flair, t2flair, swi): scaled per volume so that the 99.5th
   percentile inside the brain mask is 1, then clipped to [0, 1].
+- The MRF subspace (`mrf_subspace`, [X, Y, Z, 2k]: the fingerprint's k complex coefficients
+  in the cohort's temporal basis, real parts then imaginary parts): see
+  `normalize_subspace`. It is an input only, and the one channel with more than one plane.
 """
 
 from __future__ import annotations
@@ -20,9 +23,17 @@ import dataclasses
 
 import numpy as np
 
+from qsnet_jax.physics import subspace as subspace_lib
+
 QUANTITATIVE_CHANNELS = ("t1map", "t2map", "pdmap")
 WEIGHTED_CHANNELS = ("t1w", "t2w", "t1flair", "t2flair", "swi")
+# The single-plane (3D) channels: quantitative maps and weighted contrasts.
 ALL_CHANNELS = QUANTITATIVE_CHANNELS + WEIGHTED_CHANNELS
+SUBSPACE_CHANNEL = "mrf_subspace"
+# Channels stored as 4D volumes [X, Y, Z, planes]; each plane is one network input channel.
+MULTI_PLANE_CHANNELS = (SUBSPACE_CHANNEL,)
+# What `data.input_channels` may name. Targets are single-plane channels (ALL_CHANNELS).
+INPUT_CHANNELS = ALL_CHANNELS + MULTI_PLANE_CHANNELS
 # Channels whose values carry absolute physical units (ms) and get a fixed transform.
 TIMING_CHANNELS = ("t1map", "t2map")
 # Channels scaled per volume (relative intensities).
@@ -56,7 +67,7 @@ TIMING_SCALES = {
 }
 
 
-def check_channel_names(names, *, allowed=ALL_CHANNELS, what="channel"):
+def check_channel_names(names, *, allowed=INPUT_CHANNELS, what="channel"):
     unknown = [n for n in names if n not in allowed]
     if unknown:
         raise ValueError(f"unknown {what} name(s) {unknown}; known: {list(allowed)}")
@@ -79,9 +90,12 @@ def percentile_scale(volume, brain_mask, percentile=PERCENTILE):
 def normalize_channel(name, volume, brain_mask):
     """Normalize one volume of channel `name` as DESIGN.md section 3 says.
 
-    Returns float32 in [0, 1] with the background (outside `brain_mask`) set to 0.
+    Returns float32 in [0, 1] with the background (outside `brain_mask`) set to 0; for
+    `mrf_subspace`, the signed [X, Y, Z, 2k] of `normalize_subspace`.
     """
     check_channel_names([name])
+    if name == SUBSPACE_CHANNEL:
+        return normalize_subspace(volume, brain_mask)
     volume = np.asarray(volume, dtype=np.float32)
     mask = np.asarray(brain_mask) > 0
     if name in TIMING_SCALES:
@@ -89,3 +103,53 @@ def normalize_channel(name, volume, brain_mask):
     else:
         out = np.clip(volume / percentile_scale(volume, mask), 0.0, 1.0)
     return np.where(mask, out, 0.0).astype(np.float32)
+
+
+# Bump when normalize_subspace changes: prepared data keyed by it must be prepared again.
+SUBSPACE_NORMALIZATION = "phase-to-c1, 99.5th percentile of |c1|, v1"
+
+
+def normalize_subspace(volume, brain_mask):
+    """Normalize MRF subspace coefficients [X, Y, Z, 2k] (real parts, then imaginary parts).
+
+    A fixed transform plus one global scale per subject, the counterpart of PD's:
+    1. Phase: every voxel's k coefficients are multiplied by conj(c_1) / |c_1|, so that the
+       first coefficient becomes real and >= 0. A voxel's absolute phase (receive coil and
+       B0 phase) is the same at every time point and says nothing about the tissue;
+       dictionary matching discards it too (it scores |<f, d>|). The relative phases of
+       c_2 .. c_k, which do carry tissue information, are kept. The imaginary part of c_1 is
+       then 0; the channel stays, so that the layout is the file's.
+    2. Scale: all 2k channels are divided by the 99.5th percentile of |c_1| inside the brain
+       mask. c_1 is the projection on the dominant singular vector, so |c_1| is the
+       fingerprint's overall amplitude (proton density times receive gain): one scale for
+       the whole subject keeps every ratio between coefficients, which is where T1 and T2
+       live, and removes the arbitrary global intensity, exactly as PD's scale does.
+    3. No clipping: coefficients are signed, and the tails (CSF, lesions) are information.
+    The background (outside `brain_mask`) is set to 0. Returns float32 [X, Y, Z, 2k].
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    if volume.ndim != 4:
+        raise ValueError(f"an mrf_subspace volume is [X, Y, Z, 2k], got shape {volume.shape}")
+    coefficients = subspace_lib.channels_to_coefficients(volume)
+    first = coefficients[..., 0]
+    magnitude = np.abs(first)
+    # A voxel whose first coefficient is 0 has no phase to remove: keep it as it is.
+    rotation = np.where(magnitude > 0, np.conj(first) / np.where(magnitude > 0, magnitude, 1),
+                        1.0)
+    coefficients = coefficients * rotation[..., None]
+    scale = percentile_scale(magnitude, brain_mask)
+    out = subspace_lib.coefficients_to_channels(coefficients / scale)
+    return np.where((np.asarray(brain_mask) > 0)[..., None], out, 0.0).astype(np.float32)
+
+
+def num_planes(name, subspace_planes):
+    """Network input channels of one named channel: `subspace_planes` (2k) for the MRF
+    subspace, 1 for every other channel."""
+    return int(subspace_planes) if name in MULTI_PLANE_CHANNELS else 1
+
+
+def stack_planes(volumes, names):
+    """Volumes {name: [X, Y, Z] or [X, Y, Z, P]} -> [X, Y, Z, sum of planes], in `names`
+    order and, within a multi-plane channel, in its plane order."""
+    return np.concatenate([np.asarray(volumes[n])[..., None] if np.ndim(volumes[n]) == 3
+                           else np.asarray(volumes[n]) for n in names], axis=-1)
