@@ -26,6 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
     data.target_channels = ("t1w", "t2w", "t1flair", "t2flair", "swi")
     data.context_slices = 0  # 2.5D: k neighbouring slices on each side as extra channels
     data.min_brain_fraction = 0.05  # training slices with less brain than this are skipped
+    # Train on random patches of this size that hold brain (0 = whole slices); evaluation
+    # always runs on whole slices. A multiple of 2**model.depth avoids padding.
+    data.patch_size = 0
+    data.tumor_patch_fraction = 0.0  # share of patches placed on a tumor voxel, when any
     data.flip_lr = True  # augmentation: random left-right flip
     data.intensity_jitter = 0.05  # augmentation: +-5% gain on qualitative inputs only
     data.shuffle_buffer = 2048
@@ -36,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --------------------------------------------------------------- model
     config.model = model = ml_collections.ConfigDict()
-    model.name = "qsnet"  # qsnet | resunet | pix2pix | swin | physics (qsnet_jax.models)
+    model.name = "qsnet"  # qsnet | resunet | pix2pix | swin | physics | pervoxel
     model.base_width = 32
     model.depth = 4  # number of down-samplings; inputs are padded to a multiple of 2**depth
     model.blocks_per_level = 2
@@ -54,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
     model.embed_dim = 96
     model.swin_depths = (2, 2, 2, 2)
     model.swin_heads = (3, 6, 12, 24)
+    # per-voxel baseline (an MLP of 1x1 convolutions: no spatial context)
+    model.pervoxel_width = 64
+    model.pervoxel_layers = 3
     # physics baseline: the protocol set whose signal equations it evaluates
     model.physics_site = "A"
 
@@ -73,6 +80,9 @@ def get_config() -> ml_collections.ConfigDict:
     # extended with its last value to the number of heads
     loss.deep_supervision_weights = (0.125, 0.25, 0.5)
     loss.adversarial_weight = 1.0
+    # L1-only warm-up: the adversarial term and the discriminator's updates start at this
+    # step of each stage (0 = from the first step)
+    loss.adversarial_start_step = 0
     loss.gan_loss = "lsgan"  # lsgan | vanilla | hinge
     loss.ssim_weight = 0.0
 

@@ -56,6 +56,7 @@ from qsnet_jax.physics import channels as channels_lib  # noqa: E402
 tf.config.set_visible_devices([], "GPU")
 
 PER_SLICE_KEYS = ("inputs", "targets", "brain_mask", "labels")
+PATCH_DRAWS = 4  # uniform numbers per training item that place its patch (patch_origin)
 
 
 def _get(data_config, key, default):
@@ -97,6 +98,8 @@ class SplitView:
     target_channels: tuple
     context: int
     slice_shape: tuple
+    patch_shape: tuple | None = None  # training on patches of this (H, W); None: whole slices
+    tumor_patch_fraction: float = 0.0  # share of patches placed on a tumor voxel (when any)
     subspace_planes: int = 0  # 2k of the cohort's mrf_subspace (0: none)
 
     def __post_init__(self):
@@ -137,8 +140,21 @@ class SplitView:
                 "prepared folder to prepare it again")
         return example
 
-    def fetch(self, index, flip, gains):
-        """One slice: (inputs, targets, brain_mask, labels, index) as numpy float32/int32."""
+    def fetch(self, index, flip, gains, draw=None):
+        """One slice, or with `self.patch_shape` one patch of it: (inputs, targets,
+        brain_mask, labels, index, patch origin) as numpy float32/int32/int64/int32.
+        `draw`: the four uniform numbers that place the patch (`patch_origin`)."""
+        whole = self.fetch_slice(index, flip, gains)
+        if self.patch_shape is None or int(index) < 0:
+            return whole + (np.zeros(2, np.int32),)
+        top, left = patch_origin(whole[2][..., 0], whole[3][..., 0], draw, self.patch_shape,
+                                 self.tumor_patch_fraction)
+        height, width = self.patch_shape
+        crop = [np.ascontiguousarray(a[top:top + height, left:left + width]) for a in whole[:4]]
+        return (*crop, whole[4], np.array([top, left], np.int32))
+
+    def fetch_slice(self, index, flip, gains):
+        """One whole slice: (inputs, targets, brain_mask, labels, index)."""
         x, y = self.slice_shape
         index = int(index)
         if index < 0:  # padding
@@ -180,7 +196,7 @@ class SplitView:
                 np.ascontiguousarray(mask), np.ascontiguousarray(labels), np.int64(index))
 
     def to_batch(self, arrays):
-        inputs, targets, mask, labels, index = arrays
+        inputs, targets, mask, labels, index, origin = arrays
         valid = index >= 0
         subject = np.where(valid, self.example_subject[np.maximum(index, 0)], -1)
         return {
@@ -189,7 +205,13 @@ class SplitView:
             "slice_index": np.where(valid, self.example_slice[np.maximum(index, 0)],
                                     -1).astype(np.int32),
             "valid": valid.astype(np.float32),
+            "patch_origin": origin,
         }
+
+    @property
+    def item_shape(self):
+        """(H, W) of one item: the patch shape when training on patches, else the slice's."""
+        return self.patch_shape or self.slice_shape
 
 
 def open_split(cohort_dir, split, data_config) -> SplitView:
@@ -221,22 +243,24 @@ def open_split(cohort_dir, split, data_config) -> SplitView:
 
 
 def _dataset(view: SplitView, plan: Iterable, *, batch_size, drop_remainder, prefetch):
-    """tf.data: plan of (index, flip, gains) -> parallel read -> batch -> prefetch."""
+    """tf.data: plan of (index, flip, gains, draw) -> parallel read -> batch -> prefetch."""
     c_in = len(view.input_channels)
-    x, y = view.slice_shape
+    x, y = view.item_shape
     ds = tf.data.Dataset.from_generator(
         lambda: plan, output_signature=(tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.bool),
-                                        tf.TensorSpec((c_in,), tf.float32)))
+                                        tf.TensorSpec((c_in,), tf.float32),
+                                        tf.TensorSpec((PATCH_DRAWS,), tf.float32)))
 
-    def read(index, flip, gains):
-        out = tf.numpy_function(view.fetch, [index, flip, gains],
-                                [tf.float32, tf.float32, tf.float32, tf.int32, tf.int64],
-                                stateful=False)
+    def read(index, flip, gains, draw):
+        out = tf.numpy_function(view.fetch, [index, flip, gains, draw],
+                                [tf.float32, tf.float32, tf.float32, tf.int32, tf.int64,
+                                 tf.int32], stateful=False)
         out[0].set_shape((x, y, view.num_input_planes))
         out[1].set_shape((x, y, len(view.target_channels)))
         out[2].set_shape((x, y, 1))
         out[3].set_shape((x, y, 1))
         out[4].set_shape(())
+        out[5].set_shape((2,))
         return tuple(out)
 
     ds = ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -246,6 +270,46 @@ def _dataset(view: SplitView, plan: Iterable, *, batch_size, drop_remainder, pre
     options.deterministic = True
     ds = ds.with_options(options)
     return ds
+
+
+def patch_origin(brain_mask, labels, draw, patch_shape, tumor_fraction=0.0):
+    """(top, left) of a training patch that holds brain: a voxel is chosen among the
+    slice's brain voxels (among its tumor voxels instead, with probability `tumor_fraction`,
+    when the slice has any) and the patch is placed so that this voxel lies at a random
+    position inside it, clipped to the slice. A slice without brain (possible only with
+    min_brain_fraction 0) gets a patch anywhere.
+
+    draw: four uniform numbers in [0, 1): which voxel, its row and column inside the patch,
+    and whether to aim at the tumor. They come from the seeded epoch plan, so the patch is a
+    pure function of (seed, process, step) like the slice order.
+    """
+    pick_voxel, row_in_patch, col_in_patch, aim_at_tumor = (float(d) for d in draw)
+    candidates = brain_mask > 0
+    tumor = labels > 0
+    if aim_at_tumor < tumor_fraction and tumor.any():
+        candidates = tumor
+    if not candidates.any():
+        candidates = np.ones(brain_mask.shape, bool)
+    rows, cols = np.nonzero(candidates)
+    k = min(int(pick_voxel * len(rows)), len(rows) - 1)
+    height, width = patch_shape
+    top = int(np.clip(rows[k] - int(row_in_patch * height), 0, brain_mask.shape[0] - height))
+    left = int(np.clip(cols[k] - int(col_in_patch * width), 0, brain_mask.shape[1] - width))
+    return top, left
+
+
+def training_patch_shape(data_config, slice_shape) -> tuple | None:
+    """(H, W) of the training patches from `data.patch_size` (0: None, whole slices); a
+    size larger than the slice is cut to it (a small cohort trains on whole slices)."""
+    size = int(_get(data_config, "patch_size", 0))
+    if size < 0:
+        raise ValueError(f"config.data.patch_size must be >= 0 (0 = whole slices), got {size}")
+    fraction = float(_get(data_config, "tumor_patch_fraction", 0.0))
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"config.data.tumor_patch_fraction must be in [0, 1], got {fraction}")
+    if size == 0:
+        return None
+    return min(size, int(slice_shape[0])), min(size, int(slice_shape[1]))
 
 
 def training_indices(view: SplitView, min_brain_fraction, process_index, process_count):
@@ -271,6 +335,8 @@ def make_train_iterator(cohort_dir, split, data_config, *, batch_size, seed, sta
     flip_lr = bool(_get(data_config, "flip_lr", False))
     jitter = float(_get(data_config, "intensity_jitter", 0.0))
     c_in = len(view.input_channels)
+    view.patch_shape = training_patch_shape(data_config, view.slice_shape)
+    view.tumor_patch_fraction = float(_get(data_config, "tumor_patch_fraction", 0.0))
 
     def epoch_plan(epoch):
         rng = np.random.default_rng([int(seed), p, epoch])
@@ -280,7 +346,10 @@ def make_train_iterator(cohort_dir, split, data_config, *, batch_size, seed, sta
         if jitter:
             draw = rng.uniform(1 - jitter, 1 + jitter, (n, c_in)).astype(np.float32)
             gains = np.where(view.jitter_mask[None], draw, 1.0).astype(np.float32)
-        return order, flips, gains
+        # drawn last, so a whole-slice stream is the same with or without this option
+        places = (rng.random((n, PATCH_DRAWS)).astype(np.float32) if view.patch_shape
+                  else np.zeros((n, PATCH_DRAWS), np.float32))
+        return order, flips, gains, places
 
     batches_per_epoch = n // batch_size
 
@@ -300,8 +369,8 @@ def make_train_iterator(cohort_dir, split, data_config, *, batch_size, seed, sta
             else:  # a split smaller than a batch: epochs run on into each other
                 positions = [divmod(step * batch_size + b, n) for b in range(batch_size)]
             for epoch, pos in positions:
-                order, flips, gains = epoch_data(epoch)
-                yield order[pos], flips[pos], gains[pos]
+                order, flips, gains, places = epoch_data(epoch)
+                yield order[pos], flips[pos], gains[pos], places[pos]
 
     ds = _dataset(view, plan(), batch_size=batch_size, drop_remainder=True,
                   prefetch=_get(data_config, "prefetch", 2))
@@ -332,7 +401,8 @@ def make_eval_iterator(cohort_dir, split, data_config, *, batch_size, process_in
     mine = [s["offset"] + z for s in parts[p] for z in range(s["num_slices"])]
     mine += [-1] * (num_batches * batch_size - len(mine))
     no_gain = np.ones(len(view.input_channels), np.float32)
-    plan = ((np.int64(i), False, no_gain) for i in mine)
+    no_draw = np.zeros(PATCH_DRAWS, np.float32)
+    plan = ((np.int64(i), False, no_gain, no_draw) for i in mine)
     ds = _dataset(view, plan, batch_size=batch_size, drop_remainder=False,
                   prefetch=_get(data_config, "prefetch", 2))
     return (view.to_batch(arrays) for arrays in ds.as_numpy_iterator())

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from qsnet_jax.models import layers
 from qsnet_jax.models.discriminators import ConditionalDiscriminator
+from qsnet_jax.models.pervoxel import PerVoxelMLP
 from qsnet_jax.models.physics_baseline import PhysicsGenerator, fit_physics_scales
 from qsnet_jax.models.pix2pix import Pix2PixUNet
 from qsnet_jax.models.qsnet import GeneratorOutput, ResidualUNet
@@ -89,6 +90,14 @@ def _physics(model_config, *, input_channels, target_channels, context_slices):
                             site=model_config.physics_site, context_slices=context_slices)
 
 
+def _pervoxel(model_config, *, target_channels, **_):
+    return PerVoxelMLP(out_channels=_count(target_channels), width=model_config.pervoxel_width,
+                       num_layers=model_config.pervoxel_layers,
+                       activation=model_config.activation,
+                       output_activation=model_config.output_activation,
+                       dtype=layers.compute_dtype(model_config.dtype))
+
+
 # name -> builder(model_config, *, input_channels, target_channels, context_slices)
 GENERATORS = {
     "qsnet": _qsnet,
@@ -96,6 +105,7 @@ GENERATORS = {
     "pix2pix": _pix2pix,
     "swin": _swin,
     "physics": _physics,
+    "pervoxel": _pervoxel,
 }
 
 # name -> number of scales (None: config.discriminator.num_scales)

@@ -26,7 +26,7 @@ from qsnet_jax.train import checkpoints, optim, steps
 from qsnet_jax.train import mesh as mesh_lib
 from qsnet_jax.train.state import TrainState, init_train_state
 
-NO_DISCRIMINATOR_MODELS = ("resunet", "physics")
+NO_DISCRIMINATOR_MODELS = ("resunet", "physics", "pervoxel")
 LOWER_IS_BETTER = ("mae", "l1")
 
 
