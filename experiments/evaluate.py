@@ -103,6 +103,7 @@ def evaluate_run(config, workdir: str, stage: str, split: str | None = None, *,
     """
     from experiments import synthesize  # noqa: PLC0415
     from qsnet_jax import evaluation, figures, inference, metrics  # noqa: PLC0415
+    from qsnet_jax.physics import channels  # noqa: PLC0415
 
     split = split or config.eval.split
     workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -143,7 +144,7 @@ def evaluate_run(config, workdir: str, stage: str, split: str | None = None, *,
                 prediction, target, subject.brain_mask, labels, channel_names=targets)
             if i < num_figures:
                 fig = figures.subject_figure(
-                    synthesize.stack_inputs(subject, inputs), target, prediction,
+                    channels.display_planes(subject.volumes, inputs), target, prediction,
                     subject.brain_mask, labels, input_names=inputs, contrast_names=targets,
                     title=f"{record.subject} ({record.group}, {split}, {stage})")
                 with open(os.path.join(staging, "figures", f"{record.subject}.png"),

@@ -84,7 +84,7 @@ def validate_config(config: ml_collections.ConfigDict):
     try:
         channels.check_channel_names(tuple(config.data.input_channels), what="input channel")
         channels.check_channel_names(tuple(config.data.target_channels),
-                                     what="target channel")
+                                     allowed=channels.ALL_CHANNELS, what="target channel")
     except ValueError as error:
         raise UserError(f"config.data: {error}") from None
     if config.model.name not in models.GENERATORS:

@@ -38,6 +38,10 @@ class PhysicsGenerator(nn.Module):
             raise ValueError(f"the physics baseline needs input channels {list(REQUIRED_INPUTS)}"
                              f" (pdmap optional); missing {missing} in "
                              f"{list(self.input_channels)}")
+        multi = [n for n in self.input_channels if n in channels.MULTI_PLANE_CHANNELS]
+        if multi:  # _centre counts one plane per input channel
+            raise ValueError(f"the physics baseline reads maps only; drop {multi} from its "
+                             "input channels")
         protocols = signal.site_protocols(self.site)
         unknown = [name for name in self.target_channels if name not in protocols]
         if unknown:

@@ -153,3 +153,10 @@ def stack_planes(volumes, names):
     order and, within a multi-plane channel, in its plane order."""
     return np.concatenate([np.asarray(volumes[n])[..., None] if np.ndim(volumes[n]) == 3
                            else np.asarray(volumes[n]) for n in names], axis=-1)
+
+
+def display_planes(volumes, names):
+    """One plane per named channel, [X, Y, Z, len(names)], for figures: a multi-plane
+    channel shows its first plane (for the normalized subspace, |c_1|: a PD-like image)."""
+    return np.stack([np.asarray(volumes[n])[..., 0] if np.ndim(volumes[n]) == 4
+                     else np.asarray(volumes[n]) for n in names], axis=-1)

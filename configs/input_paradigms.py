@@ -1,0 +1,80 @@
+"""Three input paradigms for the same targets: weighted images (qualitative), the matched
+quantitative maps (as in the QS-Net paper) and the MRF subspace itself (direct contrast
+synthesis, Wang et al. MRM 2023: the fingerprint's coefficients in the dictionary's rank-k
+temporal basis, before any matching). Each is fed to QS-Net and to the per-voxel baseline
+(an MLP of 1x1 convolutions: what a voxel's own values alone can tell), trained at site A
+under the same two-stage schedule, scored on one split, with paired Wilcoxon tests between
+the paradigms of each architecture and between the architectures of each paradigm.
+
+The targets are the contrasts the weighted input lacks (T1-FLAIR, T2-FLAIR, SWI), as in
+configs/generalization.py, so that every paradigm predicts the same images from inputs that
+do not contain them. Weighted inputs: T1w and T2w (site-specific images, normalized per
+volume); maps: T1, T2, PD; subspace: `mrf_subspace` (2k channels, normalized by
+qsnet_jax.physics.channels.normalize_subspace). The cohort must have an mrf_subspace column
+and its mrf_basis.npy (`python -m data_pipelines.cohort check DIR` says so).
+
+The argument is the size (configs/study_sizes.py), optionally followed by ",site_b" to
+score on the external cohort scanned at site B (split external_test) instead of the GBM test
+split (gbm_test):
+
+  python -m experiments.compare --config=configs/input_paradigms.py:quick \
+      --workdir=runs/input_paradigms_quick
+  python -m experiments.compare --config=configs/input_paradigms.py:quick,site_b \
+      --workdir=runs/input_paradigms_quick_site_b
+  python -m experiments.compare --config=configs/input_paradigms.py:tiny \
+      --workdir=/tmp/input_paradigms_tiny
+
+Variant names are <architecture>_<paradigm>. Run a subset with
+--config.study.only="('qsnet_maps','qsnet_subspace')".
+"""
+
+import ml_collections
+
+from configs import study_sizes
+
+ARCHITECTURES = {
+    "qsnet": (),
+    "pervoxel": ("model.name=pervoxel", "discriminator.name=none"),
+}
+PARADIGMS = {
+    "weighted": ("t1w", "t2w"),
+    "maps": ("t1map", "t2map", "pdmap"),
+    "subspace": ("mrf_subspace",),
+}
+TARGETS = ("t1flair", "t2flair", "swi")
+SPLITS = {"gbm": "gbm_test", "site_b": "external_test"}
+
+
+def _parse(arg):
+    """(size, split key) from 'SIZE' or 'SIZE,site_b' (SIZE may be empty: the full size)."""
+    parts = [p.strip() for p in (arg or "").split(",")]
+    size = parts[0] or None
+    where = parts[1] if len(parts) > 1 else "gbm"
+    if len(parts) > 2 or where not in SPLITS:
+        raise ValueError(f"bad argument {arg!r}: SIZE or SIZE,site_b (splits: {list(SPLITS)})")
+    return size, where
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+    size, where = _parse(arg)
+    config = study_sizes.base_config(size)
+    config.data.target_channels = TARGETS
+    split = SPLITS[where]
+    config.eval.split = split
+    variants, pairs = {}, []
+    paradigm_names = list(PARADIGMS)
+    for arch, entries in ARCHITECTURES.items():
+        for paradigm, inputs in PARADIGMS.items():
+            variants[f"{arch}_{paradigm}"] = entries + (
+                f"data.input_channels={','.join(inputs)}",)
+        # the paradigms of one architecture against each other
+        pairs += [(f"{arch}_{a}", f"{arch}_{b}") for i, a in enumerate(paradigm_names)
+                  for b in paradigm_names[i + 1:]]
+    # the learned spatial model against the per-voxel one, per paradigm
+    pairs += [(f"qsnet_{p}", f"pervoxel_{p}") for p in paradigm_names]
+    where_text = "GBM test set" if where == "gbm" else "site B (external cohort)"
+    config.study = study_sizes.study_section(
+        split=split, pairs=pairs,
+        title=f"Input paradigms, {where_text}: weighted images vs maps vs the MRF subspace")
+    config.study.variants = ml_collections.ConfigDict(variants, sort_keys=False)
+    return config
