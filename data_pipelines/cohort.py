@@ -13,7 +13,7 @@ Volumes are loaded in canonical RAS orientation (`nib.as_closest_canonical`), so
 is `volume[:, :, z]`. Every modality of a subject must share the reference grid (the first
 quantitative map present) within `AFFINE_TOLERANCE_MM`; `resample=True` resamples the others
 onto it. Channels are normalized by `qsnet_jax.physics.channels.normalize_channel`, the single
-normalization of DESIGN.md section 3.
+normalization of docs/design.md section 3.
 
 Check a cohort from the shell (exit 0 when clean, 2 with one line per problem):
 
