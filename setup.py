@@ -37,7 +37,7 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["qsnet_jax*", "data_pipelines*", "experiments*",
+    packages=find_packages(include=["qsnet_jax*", "data_pipelines*", "workflow*", "experiments*",
                                     "configs*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

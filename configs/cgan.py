@@ -2,14 +2,14 @@
 70x70 PatchGAN (3 layers) seeing (input maps, contrast), L1 weight 100, the vanilla
 (cross-entropy) GAN loss, Adam 2e-4 with b1 0.5, constant then linearly decaying rate, no EMA.
 
-  python -m experiments.main --config=configs/cgan.py --workdir=runs/cgan
+  python -m experiments.main --config=configs/cgan.py             # or configs/cgan.py:quick
 """
 
 from configs import default
 
 
-def get_config():
-    config = default.get_config()
+def apply(config):
+    """Turn a QS-Net config (any size) into this baseline's."""
     config.model.name = "pix2pix"
     config.model.deep_supervision = False
     # pix2pix trains with batch size 1, where batch norm is instance norm
@@ -26,5 +26,9 @@ def get_config():
     config.optim.warmup_steps = 0
     config.optim.grad_clip_norm = 0.0
     config.optim.ema_decay = 0.0
-    config.finetune.freeze_encoder_steps = 500
+    default.freeze_encoder_for_a_tenth(config)
     return config
+
+
+def get_config(size=None):
+    return apply(default.get_config(size))

@@ -3,37 +3,90 @@
 the same two-stage schedule on the same data, scored on the GBM test set, with Wilcoxon
 signed-rank tests of QS-Net against each other model.
 
-  python -m experiments.compare --config=configs/compare.py --workdir=runs/compare
-  python -m experiments.compare --config=configs/compare.py:quick --workdir=runs/compare_quick
+  python -m experiments.compare --config=configs/compare.py            # paper size
+  python -m experiments.compare --config=configs/compare.py:quick      # runs/compare_quick
   python -m experiments.compare --config=configs/compare.py:tiny --workdir=/tmp/compare_tiny
 
 Writes WORKDIR/<variant>/ (ordinary training work dirs; finished ones are reused) and
-WORKDIR/comparison/{report.md, metrics.json, metrics.csv, figures/}. The `:quick` setting
+WORKDIR/comparison/{report.md, metrics.json, metrics.csv, figures/}. The `:quick` size
 (quick phantom, 2 mm; CPU-sized widths; 200 + 100 steps, batch 4) trained QS-Net in 4 min
 and Res-UNet in 3.3 min on a 2-core CPU (shared with a test run); the README's comparison
 table comes from it. Change the length with --config.pretrain.steps / --config.finetune.steps.
 
-Variants are configs modules (their changes to configs/default.py) and/or "dotted.key=value"
-overrides on top of this base; data, widths and steps come from the base for every variant.
-Run a subset with --config.study.only="('qsnet','resunet')".
+A variant is a tuple of edits applied in order to the base (this config without `study`):
+Python functions `edit(config)` (configs/resunet.py's `apply` etc.), or, from the command
+line, "dotted.key=value" strings. Run a subset with --config.study.only="('qsnet','resunet')".
+
+The study sizes (shared by compare, generalization and ablations) are their own, since a
+study trains many variants: `tiny` is smaller than configs/default.py:tiny (1 + 2 steps),
+`quick` shallower and shorter than the quick start (depth 3, 200 + 100 steps).
 """
 
 import ml_collections
 
-from configs import study_sizes
+from configs import cgan, default, physics, resunet, swin
+
+# What a study size changes on top of the paper settings ({dotted key: value}).
+STUDY_SIZE_CHANGES = {
+    "paper": {},
+    "quick": {
+        "data.phantom_preset": "quick", "data.shuffle_buffer": 256,
+        "model.base_width": 16, "model.depth": 3, "model.blocks_per_level": 1,
+        "model.bottleneck_width": 128, "model.pix2pix_base_width": 16,
+        "model.embed_dim": 24, "model.swin_depths": (2, 2, 2), "model.swin_heads": (2, 4, 8),
+        "model.window_size": 7,
+        "discriminator.base_width": 16, "discriminator.num_layers": 3,
+        "discriminator.num_scales": 2,
+        "optim.warmup_steps": 0, "optim.ema_decay": 0.99,
+        # few steps: the quick start's higher learning rates (the same for every variant)
+        "pretrain.steps": 200, "finetune.steps": 100,
+        "pretrain.learning_rate": 1e-3, "finetune.learning_rate": 5e-4,
+        "train.batch_size": 4, "train.eval_max_subjects": 1,
+        "train.log_every_steps": 50, "train.eval_every_steps": 100,
+        "train.image_every_steps": 100, "train.checkpoint_every_steps": 100,
+        "eval.batch_size": 16,
+        "eval.num_figure_subjects": 0,  # the study draws its own comparison figure
+    },
+    "tiny": {
+        "data.phantom_preset": "tiny", "data.shuffle_buffer": 64,
+        "model.base_width": 4, "model.depth": 2, "model.blocks_per_level": 1,
+        "model.bottleneck_width": 8, "model.pix2pix_base_width": 2,
+        "model.embed_dim": 4, "model.swin_depths": (1, 1), "model.swin_heads": (1, 1),
+        "model.window_size": 4,
+        "discriminator.base_width": 4, "discriminator.num_layers": 2,
+        "discriminator.num_scales": 1,
+        "optim.warmup_steps": 0, "optim.ema_decay": 0.5,
+        "pretrain.steps": 1, "finetune.steps": 2,
+        "train.batch_size": 2, "train.eval_max_subjects": 1,
+        "train.log_every_steps": 1, "train.eval_every_steps": 2,
+        "train.image_every_steps": 2, "train.checkpoint_every_steps": 2,
+        "eval.batch_size": 32, "eval.num_figure_subjects": 0,
+    },
+}
 
 
-def get_config(arg=None) -> ml_collections.ConfigDict:
-    config = study_sizes.base_config(arg)
-    config.study = study_sizes.study_section(
-        split="gbm_test", reference="qsnet",
-        title="Model comparison (GBM test set)")
-    baseline = () if arg is None else (study_sizes.freeze_override(config),)
-    config.study.variants = ml_collections.ConfigDict({
-        "qsnet": (),
-        "resunet": ("resunet",) + baseline,
-        "pix2pix": ("cgan",) + baseline,
-        "swin": ("swin",) + baseline,
-        "physics": ("model.name=physics", "discriminator.name=none"),
-    }, sort_keys=False)  # run and tabulated in this order
+def study_base(size=None) -> ml_collections.ConfigDict:
+    """The training config every variant of a study starts from, at a study size."""
+    config = default.paper_config()
+    return default.set_fields(config, STUDY_SIZE_CHANGES[default.check_size(size)])
+
+
+def study_section(*, split, variants, reference="", pairs=(), title=""):
+    study = ml_collections.ConfigDict()
+    study.title = title
+    study.split = split
+    study.reference = reference
+    study.pairs = tuple(pairs)
+    study.only = ()  # names of a subset of the variants to run; empty: all
+    study.num_figure_subjects = 2
+    study.variants = ml_collections.ConfigDict(variants, sort_keys=False)  # run in this order
+    return study
+
+
+def get_config(size=None) -> ml_collections.ConfigDict:
+    config = study_base(size)
+    config.study = study_section(
+        split="gbm_test", reference="qsnet", title="Model comparison (GBM test set)",
+        variants={"qsnet": (), "resunet": (resunet.apply,), "pix2pix": (cgan.apply,),
+                  "swin": (swin.apply,), "physics": (physics.apply,)})
     return config

@@ -1,7 +1,18 @@
-"""Every knob of QS-Net in JAX, with the paper's defaults.
+"""Every knob of QS-Net in JAX, with the paper's defaults, and the sizes every config takes.
 
 Run (both stages, QS-Net, on the phantom cohort built into the cache when absent):
-  python -m experiments.main --config=configs/default.py --workdir=runs/default
+  python -m experiments.main --config=configs/default.py          # paper size, runs/default
+  python -m experiments.main --config=configs/default.py:quick    # the CPU quick start
+  python -m experiments.main --config=configs/default.py:tiny     # seconds: CI, a smoke test
+
+A size follows the file name after ':' (ml_collections passes it to get_config):
+  paper  (also no size) the paper's network and schedule (20000 + 5000 steps)
+  quick  a narrower QS-Net (widths 16..128) on the 2 mm quick phantom, 300 + 150 steps:
+         about 15 minutes on a 2-core CPU
+  tiny   the smallest network on the 4 mm tiny phantom, 6 + 6 steps: seconds, results are
+         not meaningful (it checks that everything runs)
+A size changes data, widths, steps and logging cadence only; every architecture, loss and
+schedule choice stays with the config file (configs/resunet.py etc. take the same sizes).
 
 Override any field on the command line, e.g. `--config.finetune.steps=500`.
 Other configs import this one and change a few fields.
@@ -9,8 +20,79 @@ Other configs import this one and change a few fields.
 
 import ml_collections
 
+SIZES = ("tiny", "quick", "paper")
+# A baseline keeps its encoder frozen for this fraction of the fine-tuning steps (500 of the
+# paper's 5000), at every size.
+FREEZE_FRACTION = 0.1
 
-def get_config() -> ml_collections.ConfigDict:
+# What a size changes, as {dotted key: value} on top of the paper settings.
+SIZE_CHANGES = {
+    "paper": {},
+    "quick": {
+        "data.phantom_preset": "quick",
+        "model.base_width": 16, "model.depth": 4, "model.blocks_per_level": 1,
+        "model.bottleneck_width": 128,
+        "discriminator.base_width": 32, "discriminator.num_scales": 2,
+        "optim.warmup_steps": 20, "optim.ema_decay": 0.99,
+        "pretrain.steps": 300, "pretrain.learning_rate": 1e-3,
+        "finetune.steps": 150, "finetune.learning_rate": 5e-4,
+        "finetune.freeze_encoder_steps": 30,
+        "train.batch_size": 8, "train.log_every_steps": 25, "train.eval_every_steps": 150,
+        "train.image_every_steps": 150, "train.checkpoint_every_steps": 75,
+        "train.eval_max_subjects": 1,
+        "eval.batch_size": 16, "eval.num_figure_subjects": 3,
+    },
+    "tiny": {
+        "data.phantom_preset": "tiny", "data.shuffle_buffer": 64,
+        "model.base_width": 8, "model.depth": 2, "model.blocks_per_level": 1,
+        "model.bottleneck_width": 32,
+        "discriminator.base_width": 8, "discriminator.num_layers": 2,
+        "discriminator.num_scales": 1,
+        "optim.warmup_steps": 0, "optim.ema_decay": 0.9,
+        "pretrain.steps": 6, "finetune.steps": 6,
+        "finetune.freeze_encoder_steps": 2,  # exercises the encoder freeze end to end
+        "train.batch_size": 4, "train.log_every_steps": 2, "train.eval_every_steps": 6,
+        "train.image_every_steps": 6, "train.checkpoint_every_steps": 3,
+        "train.eval_max_subjects": 1,
+        "eval.batch_size": 8, "eval.num_figure_subjects": 1,
+    },
+}
+
+
+def get_config(size=None) -> ml_collections.ConfigDict:
+    """The paper settings, or those of `size` (tiny | quick | paper; None = paper)."""
+    config = paper_config()
+    set_fields(config, SIZE_CHANGES[check_size(size)])
+    return config
+
+
+def check_size(size) -> str:
+    if size in (None, ""):
+        return "paper"
+    if size not in SIZES:
+        raise ValueError(f"unknown config size {size!r}; known: {', '.join(SIZES)}")
+    return size
+
+
+def set_fields(config: ml_collections.ConfigDict, changes) -> ml_collections.ConfigDict:
+    """Set {dotted key: value} fields of `config` (each must exist)."""
+    for key, value in changes.items():
+        *path, leaf = key.split(".")
+        node = config
+        for part in path:
+            node = node[part]
+        if leaf not in node:
+            raise KeyError(f"config has no field {key!r}")
+        node[leaf] = value
+    return config
+
+
+def freeze_encoder_for_a_tenth(config: ml_collections.ConfigDict):
+    """The baselines' encoder freeze: FREEZE_FRACTION of the fine-tuning steps."""
+    config.finetune.freeze_encoder_steps = round(FREEZE_FRACTION * int(config.finetune.steps))
+
+
+def paper_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
 

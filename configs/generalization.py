@@ -4,38 +4,42 @@ with quantitative inputs (T1, T2, PD maps) and once with qualitative, vendor-spe
 both are tested on the external cohort scanned at site B (split external_test), with a paired
 Wilcoxon test of quantitative vs qualitative per architecture.
 
-  python -m experiments.compare --config=configs/generalization.py --workdir=runs/generalization
-  python -m experiments.compare --config=configs/generalization.py:quick \
-      --workdir=runs/generalization_quick
+  python -m experiments.compare --config=configs/generalization.py          # paper size
+  python -m experiments.compare --config=configs/generalization.py:quick    # 8 trainings
   python -m experiments.compare --config=configs/generalization.py:tiny \
       --workdir=/tmp/generalization_tiny
 """
 
 import ml_collections
 
-from configs import study_sizes
+from configs import cgan, compare, resunet, swin
 
-ARCHITECTURES = {"qsnet": (), "resunet": ("resunet",), "pix2pix": ("cgan",),
-                 "swin": ("swin",)}
+ARCHITECTURES = {"qsnet": (), "resunet": (resunet.apply,), "pix2pix": (cgan.apply,),
+                 "swin": (swin.apply,)}
 QUANTITATIVE = ("t1map", "t2map", "pdmap")
 QUALITATIVE = ("t1w", "t2w")
 TARGETS = ("t1flair", "t2flair", "swi")
 
 
-def get_config(arg=None) -> ml_collections.ConfigDict:
-    config = study_sizes.base_config(arg)
+def quantitative_inputs(config):
+    config.data.input_channels = QUANTITATIVE
+
+
+def qualitative_inputs(config):
+    config.data.input_channels = QUALITATIVE
+
+
+def get_config(size=None) -> ml_collections.ConfigDict:
+    config = compare.study_base(size)
     config.data.target_channels = TARGETS
     config.eval.split = "external_test"
     variants, pairs = {}, []
-    freeze = () if arg is None else (study_sizes.freeze_override(config),)
-    for arch, entries in ARCHITECTURES.items():
-        entries = entries + (freeze if entries else ())
+    for arch, edits in ARCHITECTURES.items():
         quantitative, qualitative = f"{arch}_quantitative", f"{arch}_qualitative"
-        variants[quantitative] = entries + (f"data.input_channels={','.join(QUANTITATIVE)}",)
-        variants[qualitative] = entries + (f"data.input_channels={','.join(QUALITATIVE)}",)
+        variants[quantitative] = edits + (quantitative_inputs,)
+        variants[qualitative] = edits + (qualitative_inputs,)
         pairs.append((quantitative, qualitative))
-    config.study = study_sizes.study_section(
-        split="external_test", pairs=pairs,
+    config.study = compare.study_section(
+        split="external_test", pairs=pairs, variants=variants,
         title="Generalization to site B: quantitative vs qualitative inputs")
-    config.study.variants = ml_collections.ConfigDict(variants, sort_keys=False)
     return config

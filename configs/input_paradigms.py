@@ -13,9 +13,9 @@ volume); maps: T1, T2, PD; subspace: `mrf_subspace` (2k channels, normalized by
 qsnet_jax.physics.channels.normalize_subspace). The cohort must have an mrf_subspace column
 and its mrf_basis.npy (`python -m data_pipelines.cohort check DIR` says so).
 
-The argument is the size (configs/study_sizes.py), optionally followed by ",site_b" to
-score on the external cohort scanned at site B (split external_test) instead of the GBM test
-split (gbm_test):
+The argument is the size (configs/compare.py's study sizes: tiny, quick, paper), optionally
+followed by ",site_b" to score on the external cohort scanned at site B (split
+external_test) instead of the GBM test split (gbm_test):
 
   python -m experiments.compare --config=configs/input_paradigms.py:quick \
       --workdir=runs/input_paradigms_quick
@@ -24,18 +24,35 @@ split (gbm_test):
   python -m experiments.compare --config=configs/input_paradigms.py:tiny \
       --workdir=/tmp/input_paradigms_tiny
 
+The variants train identically for both splits: copying the finished variant folders of one
+work dir into the other's reuses them (only the evaluation and WORKDIR/comparison/ are new).
 Variant names are <architecture>_<paradigm>. Run a subset with
 --config.study.only="('qsnet_maps','qsnet_subspace')".
 """
 
 import ml_collections
 
-from configs import study_sizes
+from configs import compare
 
-ARCHITECTURES = {
-    "qsnet": (),
-    "pervoxel": ("model.name=pervoxel", "discriminator.name=none"),
-}
+
+def pervoxel(config):
+    """The per-voxel baseline (qsnet_jax.models: an MLP of 1x1 convolutions), no adversary."""
+    config.model.name = "pervoxel"
+    config.discriminator.name = "none"
+    config.loss.adversarial_weight = 0.0
+    return config
+
+
+def _inputs(channels):
+    def edit(config):
+        config.data.input_channels = channels
+        return config
+
+    edit.__name__ = f"inputs_{'_'.join(channels)}"
+    return edit
+
+
+ARCHITECTURES = {"qsnet": (), "pervoxel": (pervoxel,)}
 PARADIGMS = {
     "weighted": ("t1w", "t2w"),
     "maps": ("t1map", "t2map", "pdmap"),
@@ -46,35 +63,31 @@ SPLITS = {"gbm": "gbm_test", "site_b": "external_test"}
 
 
 def _parse(arg):
-    """(size, split key) from 'SIZE' or 'SIZE,site_b' (SIZE may be empty: the full size)."""
+    """(size, split key) from 'SIZE' or 'SIZE,site_b' (an empty SIZE: the paper size)."""
     parts = [p.strip() for p in (arg or "").split(",")]
-    size = parts[0] or None
     where = parts[1] if len(parts) > 1 else "gbm"
     if len(parts) > 2 or where not in SPLITS:
         raise ValueError(f"bad argument {arg!r}: SIZE or SIZE,site_b (splits: {list(SPLITS)})")
-    return size, where
+    return parts[0] or None, where
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
     size, where = _parse(arg)
-    config = study_sizes.base_config(size)
+    config = compare.study_base(size)
     config.data.target_channels = TARGETS
-    split = SPLITS[where]
-    config.eval.split = split
+    split = SPLITS[where]  # the study's split only: the trained variants are the same
     variants, pairs = {}, []
-    paradigm_names = list(PARADIGMS)
-    for arch, entries in ARCHITECTURES.items():
+    names = list(PARADIGMS)
+    for arch, edits in ARCHITECTURES.items():
         for paradigm, inputs in PARADIGMS.items():
-            variants[f"{arch}_{paradigm}"] = entries + (
-                f"data.input_channels={','.join(inputs)}",)
+            variants[f"{arch}_{paradigm}"] = edits + (_inputs(inputs),)
         # the paradigms of one architecture against each other
-        pairs += [(f"{arch}_{a}", f"{arch}_{b}") for i, a in enumerate(paradigm_names)
-                  for b in paradigm_names[i + 1:]]
-    # the learned spatial model against the per-voxel one, per paradigm
-    pairs += [(f"qsnet_{p}", f"pervoxel_{p}") for p in paradigm_names]
+        pairs += [(f"{arch}_{a}", f"{arch}_{b}") for i, a in enumerate(names)
+                  for b in names[i + 1:]]
+    # the spatial network against the per-voxel one, per paradigm
+    pairs += [(f"qsnet_{p}", f"pervoxel_{p}") for p in names]
     where_text = "GBM test set" if where == "gbm" else "site B (external cohort)"
-    config.study = study_sizes.study_section(
-        split=split, pairs=pairs,
+    config.study = compare.study_section(
+        split=split, pairs=pairs, variants=variants,
         title=f"Input paradigms, {where_text}: weighted images vs maps vs the MRF subspace")
-    config.study.variants = ml_collections.ConfigDict(variants, sort_keys=False)
     return config

@@ -2,15 +2,19 @@
 multi-scale PatchGAN, losses and schedule; no auxiliary heads, so no deep supervision), so
 that the comparison isolates the generator.
 
-  python -m experiments.main --config=configs/swin.py --workdir=runs/swin
+  python -m experiments.main --config=configs/swin.py             # or configs/swin.py:quick
 """
 
 from configs import default
 
 
-def get_config():
-    config = default.get_config()
+def apply(config):
+    """Turn a QS-Net config (any size) into this baseline's."""
     config.model.name = "swin"
     config.model.deep_supervision = False
-    config.finetune.freeze_encoder_steps = 500
+    default.freeze_encoder_for_a_tenth(config)
     return config
+
+
+def get_config(size=None):
+    return apply(default.get_config(size))

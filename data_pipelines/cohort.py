@@ -13,7 +13,7 @@ Volumes are loaded in canonical RAS orientation (`nib.as_closest_canonical`), so
 is `volume[:, :, z]`. Every modality of a subject must share the reference grid (the first
 quantitative map present) within `AFFINE_TOLERANCE_MM`; `resample=True` resamples the others
 onto it. Channels are normalized by `qsnet_jax.physics.channels.normalize_channel`, the single
-normalization of DESIGN.md section 3.
+normalization of docs/design.md section 3.
 
 The MRF subspace (`mrf_subspace` column, docs/interfaces.md) is a 4D NIfTI [X, Y, Z, 2k]:
 each voxel's fingerprint projected on the cohort's rank-k temporal basis, real parts then

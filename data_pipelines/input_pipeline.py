@@ -42,18 +42,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 from collections.abc import Iterable, Iterator, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from data_pipelines import tfds_builder  # noqa: E402
-from qsnet_jax.physics import channels as channels_lib  # noqa: E402
-
-tf.config.set_visible_devices([], "GPU")
+from data_pipelines import tfds_builder  # hides the GPUs from TensorFlow
+from qsnet_jax.physics import channels as channels_lib
 
 PER_SLICE_KEYS = ("inputs", "targets", "brain_mask", "labels")
 PATCH_DRAWS = 4  # uniform numbers per training item that place its patch (patch_origin)

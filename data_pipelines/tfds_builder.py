@@ -26,26 +26,27 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core.utils import tqdm_utils
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
-from tensorflow_datasets.core.utils import tqdm_utils  # noqa: E402
+from data_pipelines import cohort as cohort_lib
+from qsnet_jax.physics import channels as channels_lib
 
-from data_pipelines import cohort as cohort_lib  # noqa: E402
-from qsnet_jax.physics import channels as channels_lib  # noqa: E402
-
+# TensorFlow only feeds data: JAX owns the accelerators. (Its log level is set where every
+# project import starts, qsnet_jax/__init__.py.)
 tf.config.set_visible_devices([], "GPU")
+tf.get_logger().setLevel("ERROR")
 
 # Bump when the example layout or the builder's logic changes: it enters the config hash.
 LAYOUT_VERSION = "3"
-BUILDER_NAME = "qsnet_cohort"
 
 
 class CohortConfig(tfds.core.BuilderConfig):
@@ -141,7 +142,7 @@ class QsnetCohort(tfds.core.GeneratorBasedBuilder):
                                                   dtype=np.float32, encoding=zlib)
         return self.dataset_info_from_configs(
             description="Axial slices of a QS-Net cohort: normalized quantitative maps and "
-                        "weighted contrasts (DESIGN.md section 3), brain mask, tumor labels.",
+                        "weighted contrasts (docs/design.md section 3), brain mask, tumor labels.",
             features=tfds.features.FeaturesDict(features),
             metadata=tfds.core.MetadataDict(),
             # Examples keep the generation order, (subject, slice): the pipeline indexes them.
@@ -243,12 +244,15 @@ def _prepare(cohort_dir, data_dir, convert_seconds, resample):
     builder = QsnetCohort(cohort_dir=cohort_dir, data_dir=data_dir or None,
                           convert_seconds=convert_seconds, resample=resample)
     if not builder.is_prepared():
-        # TFDS prints to stdout: keep stdout for the callers' own output (JSON), and its
-        # per-split progress bars (ANSI redraws, useless in logs) off while it prepares
+        # TFDS prints "Downloading and preparing dataset ..." to stdout, which is wrong for
+        # a local cohort, and per-split progress bars (ANSI redraws, useless in logs): both
+        # are dropped; one line of our own says what happens.
+        print(f"preparing the TFDS data of {builder.cohort_dir} in {builder.data_dir} "
+              "(once per cohort and normalization)", file=sys.stderr, flush=True)
         was_active = tqdm_utils._active  # TFDS has no getter
         tfds.display_progress_bar(False)
         try:
-            with contextlib.redirect_stdout(sys.stderr):
+            with contextlib.redirect_stdout(io.StringIO()):
                 builder.download_and_prepare(
                     download_config=tfds.download.DownloadConfig(manual_dir=builder.cohort_dir))
         except OSError:

@@ -1,7 +1,7 @@
 """Run the named ablation variants of QS-Net and write one table with paired Wilcoxon tests
-against the full model (experiments/study.py; the same machinery as experiments.compare).
+against the full model (workflow.studies; the same command as experiments.compare).
 
-  python -m experiments.ablate --config=configs/ablations.py --workdir=runs/ablations
+  python -m experiments.ablate --config=configs/ablations.py:quick   # runs/ablations_quick
   python -m experiments.ablate --config=configs/ablations.py:tiny --workdir=/tmp/ablations_tiny
 """
 

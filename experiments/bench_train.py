@@ -113,9 +113,6 @@ def benchmark(config, *, height, width, batch_size, steps, matmul_size) -> dict:
 
 def main(argv):
     del argv
-    from experiments import cli  # noqa: PLC0415
-
-    cli.quiet_tensorflow()
     import importlib.util  # noqa: PLC0415
 
     spec = importlib.util.spec_from_file_location("bench_config", FLAGS.config)

@@ -1,4 +1,5 @@
-"""Shared plumbing of the command-line entry points: quiet TensorFlow, one-line errors."""
+"""What the entry points share: a user error is one line on stderr and exit code 2. The work
+is in `workflow`; an entry point parses flags, calls one function there through `run`."""
 
 from __future__ import annotations
 
@@ -6,19 +7,9 @@ import argparse
 import os
 import sys
 
+from absl import flags
 
-class UserError(Exception):
-    """Bad input from the person at the keyboard: printed as one line, exit code 2."""
-
-
-def quiet_tensorflow():
-    """Silence TF's start-up chatter and keep it off any GPU (it only feeds data)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    import tensorflow as tf  # noqa: PLC0415 (import after the environment is set)
-
-    tf.config.set_visible_devices([], "GPU")
-    tf.get_logger().setLevel("ERROR")
+from workflow.errors import UserError
 
 
 def fail(message: str, code: int = 2):
@@ -28,46 +19,58 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
+def run(function, *args, **kwargs):
+    """`function(*args, **kwargs)`, with a UserError as one line and exit code 2."""
+    try:
+        return function(*args, **kwargs)
+    except UserError as error:
+        fail(str(error))
+
+
 def config_flags_parser(argv):
     """An absl flags parser that turns flag and config-override errors into one line."""
-    from absl import flags  # noqa: PLC0415
-
     try:
         return flags.FLAGS(argv)
-    except KeyError as error:
+    except (KeyError, AttributeError) as error:
+        # ConfigDict reports a missing key as AttributeError("'key'") (with did-you-mean)
         _fail_unknown_key(error)
     except flags.Error as error:
         cause = error.__cause__ or error.__context__
         if isinstance(cause, KeyError):
             _fail_unknown_key(cause)
         fail(_first_line(str(error)))
-    except AttributeError as error:
-        # ConfigDict reports a missing key as AttributeError("'key'") (with did-you-mean)
-        _fail_unknown_key(KeyError(str(error).strip("'\"")))
     except (ValueError, TypeError) as error:
         fail(f"bad --config override: {_first_line(str(error))}")
 
 
-def load_config_flag(flag_values, name="config"):
-    """Read a config_flags flag, turning a missing or broken config file into one line."""
+def load_config(flag_values, argv, name="config"):
+    """The config of a config_flags flag, a missing or broken file as one line."""
+    if len(argv) > 1:
+        fail(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         config = getattr(flag_values, name)
         config.to_dict()  # a config file that failed to load raises here
         return config
     except Exception as error:  # noqa: BLE001 (any import error of the config file)
-        path = flag_values[name].config_filename
+        path = flag_values[name].config_filename.split(":")[0]
         if not os.path.isfile(path):
             fail(f"config file not found: {path}")
         fail(f"cannot load config file {path}: {type(error).__name__}: "
              f"{_first_line(str(error))}")
 
 
-def _fail_unknown_key(error: KeyError):
-    key = str(error.args[0] if error.args else error).strip("'\"")
-    override = next((a for a in sys.argv[1:] if a.startswith("--config.")), "")
-    if override:
-        key = override.split("=")[0][len("--"):]
-    fail(f"unknown config key {key!r} "
+def default_workdir(flag_values, name="config") -> str:
+    """runs/<config name>: configs/finetune.py -> runs/finetune, compare.py:quick ->
+    runs/compare_quick."""
+    path, _, size = flag_values[name].config_filename.partition(":")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join("runs", f"{stem}_{size}" if size else stem)
+
+
+def _fail_unknown_key(error):
+    keys = [a.split("=")[0][len("--"):] for a in sys.argv[1:] if a.startswith("--config.")]
+    named = [k for k in keys if repr(k.split(".")[-1]) in repr(str(error))]
+    fail(f"unknown config key {(named or keys or ['config'])[0]!r} "
          "(every key and its default is in configs/default.py)")
 
 
@@ -76,36 +79,8 @@ def _first_line(text: str) -> str:
     return lines[0] if lines else "invalid arguments"
 
 
-def config_job_main(flag_values, load_job):
-    """The `main(argv)` of an entry point driven by --config and --workdir.
-
-    `load_job()` imports and returns the job function `(config, workdir)`; it is called only
-    after TensorFlow is silenced, so the heavy imports stay quiet.
-    """
-
-    def main(argv):
-        if len(argv) > 1:
-            fail(f"unexpected arguments: {' '.join(argv[1:])}")
-        config = load_config_flag(flag_values)
-        quiet_tensorflow()
-        try:
-            load_job()(config, flag_values.workdir)
-        except UserError as error:
-            fail(str(error))
-
-    return main
-
-
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse whose usage errors are one line and exit code 2, like every CLI here."""
 
     def error(self, message):
         fail(message)
-
-
-def write_atomic(path: str, text: str):
-    """Write `text` to `path` through a temporary name, so a reader never sees half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

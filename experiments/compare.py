@@ -1,31 +1,34 @@
 """Train (or reuse) every variant of a study config, evaluate them on one split and write the
-combined table, paired Wilcoxon tests and comparison figure (experiments/study.py).
+combined table, paired Wilcoxon tests and comparison figure (workflow.studies.run_study).
 
-  python -m experiments.compare --config=configs/compare.py --workdir=runs/compare
-  python -m experiments.compare --config=configs/generalization.py --workdir=runs/generalization
+  python -m experiments.compare --config=configs/compare.py:quick     # runs/compare_quick
+  python -m experiments.compare --config=configs/generalization.py:quick
   python -m experiments.compare --config=configs/compare.py:tiny --workdir=/tmp/compare_tiny
+  python -m experiments.compare --config=configs/compare.py:quick \
+      --config.study.only="('qsnet','physics')"
+
+The work dir defaults to runs/<config name>_<size>.
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import cli
+from workflow import studies
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to a study config (configs/compare.py, "
-                                "configs/generalization.py, configs/ablations.py).",
+config_flags.DEFINE_config_file("config", None, "A study config with its size (configs/"
+                                "compare.py:quick, generalization.py, ablations.py).",
                                 lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory of the variants' work dirs and comparison/.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_string("workdir", None, "Directory of the variants' work dirs and comparison/ "
+                    "(default: runs/<config name>).")
+flags.mark_flags_as_required(["config"])
 
 
-def _load_job():
-    from experiments import study  # noqa: PLC0415 (imported after TF is silenced)
-
-    return study.run_study
-
-
-main = cli.config_job_main(FLAGS, _load_job)
+def main(argv):
+    config = cli.load_config(FLAGS, argv)
+    cli.run(studies.run_study, config, FLAGS.workdir or cli.default_workdir(FLAGS),
+            make_parents=FLAGS.workdir is None)
 
 
 if __name__ == "__main__":

@@ -1,29 +1,34 @@
-"""Train and evaluate QS-Net (or a baseline) as a config says.
+"""Train and evaluate QS-Net (or a baseline) as a config says (workflow.train_eval.run).
 
-  python -m experiments.main --config=configs/finetune.py --workdir=runs/finetune
-  python -m experiments.main --config=configs/smoke.py --workdir=runs/smoke \
+  python -m experiments.main --config=configs/default.py:quick     # work dir runs/default_quick
+  python -m experiments.main --config=configs/pretrain.py          # then:
+  python -m experiments.main --config=configs/finetune.py          # starts from runs/pretrain
+  python -m experiments.main --config=configs/default.py:tiny --workdir=/tmp/tiny \
       --config.pretrain.steps=20
+
+The work dir defaults to runs/<config name>. A config takes a size after ':' (tiny, quick,
+paper; no size = paper). `--config.model.name=physics` fits the physics baseline in closed
+form instead of training it.
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import cli
+from workflow import train_eval
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, metrics and figures.")
-flags.mark_flags_as_required(["config", "workdir"])
+config_flags.DEFINE_config_file("config", None, "A configs/*.py file, optionally with a size "
+                                "(configs/default.py:quick).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, metrics and figures "
+                    "(default: runs/<config name>).")
+flags.mark_flags_as_required(["config"])
 
 
-def _load_job():
-    from experiments import job  # noqa: PLC0415 (imported after TF is silenced)
-
-    return job.run
-
-
-main = cli.config_job_main(FLAGS, _load_job)
+def main(argv):
+    config = cli.load_config(FLAGS, argv)
+    cli.run(train_eval.run, config, FLAGS.workdir or cli.default_workdir(FLAGS),
+            make_parents=FLAGS.workdir is None)
 
 
 if __name__ == "__main__":

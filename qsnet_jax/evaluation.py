@@ -10,7 +10,7 @@ The shapes passed around:
   the subjects that have that key; ``std`` is NaN for a single subject.
 
 Figures live in ``qsnet_jax.figures``. Nothing here reads or writes files: the callers
-(``experiments.evaluate`` and friends) own the file policy.
+(``workflow.evaluate``, ``workflow.reports``) own the file policy.
 """
 
 from __future__ import annotations

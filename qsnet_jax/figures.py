@@ -27,7 +27,6 @@ from qsnet_jax.evaluation import contrast_title
 ERROR_VMAX = 0.25  # absolute-error colour scale, in units of the normalized range
 PANEL_INCHES = 2.0
 LABEL_COLORS = ListedColormap(["#00000000", "#e41a1c", "#ffd92f", "#4daf4a"])  # 0 1 2 3
-LABEL_NAMES = {1: "necrosis", 2: "edema", 3: "enhancing"}
 
 
 def figure_slice(brain_mask, labels=None) -> int:

@@ -3,6 +3,7 @@
 A reader never sees half a file or half a folder, and a failure leaves nothing behind:
 
     write_text(path, text)             # a text file, through a temporary name
+    write_bytes(path, data)            # the same for bytes (a PNG)
     write_json(path, value)            # the same, as indented JSON
     with staged_file(path) as tmp: ... # any writer (nibabel, matplotlib) into a temporary name
     with staged_dir(out_dir, overwrite=False) as tmp: ...
@@ -51,6 +52,12 @@ def write_text(path: str, text: str) -> None:
     """Write `text` to `path` atomically (parents created)."""
     with staged_file(path) as tmp, open(tmp, "w") as f:
         f.write(text)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write `data` (a PNG, say) to `path` atomically (parents created)."""
+    with staged_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def write_json(path: str, value) -> None:

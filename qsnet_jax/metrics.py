@@ -1,4 +1,4 @@
-"""Image-quality scores of synthesized contrasts, exactly as DESIGN.md section 4 defines them.
+"""Image-quality scores of synthesized contrasts, exactly as docs/design.md section 4 defines them.
 
 Per subject and per contrast, on normalized volumes (section 3: intensities in [0, 1]) with
 the background (outside the brain mask) set to 0 in prediction and target:
@@ -50,10 +50,6 @@ CONVENTION = (
     "data range 1, population covariance (= skimage structural_similarity with "
     "gaussian_weights=True, use_sample_covariance=False), map averaged over brain-mask "
     "voxels. Tumor: the same scores inside the whole-tumor mask (labels > 0).")
-
-
-def tumor_region_key(metric: str) -> str:
-    return f"{metric}_tumor"
 
 
 def gaussian_window(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE) -> np.ndarray:

@@ -225,11 +225,11 @@ def test_evaluate_run_writes_scores_tables_and_figures(tmp_path):
     import jax
     import jax.numpy as jnp
 
-    from configs import smoke
-    from experiments import evaluate, synthesize
+    from configs import default
     from qsnet_jax import inference, metrics, models
+    from workflow import evaluate, synthesize
 
-    config = smoke.get_config()
+    config = default.get_config("tiny")
     config.eval.batch_size = 4
     config.eval.num_figure_subjects = 1
     module = models.build_generator(config.model, input_channels=config.data.input_channels,
@@ -238,8 +238,8 @@ def test_evaluate_run_writes_scores_tables_and_figures(tmp_path):
     cohort = tmp_path / "cohort"
     _write_cohort(cohort, np.random.default_rng(0))
     workdir = tmp_path / "run"
-    # called as experiments.job calls it: the stage folder and the split, positionally
-    result = evaluate.evaluate_run(config, str(workdir), str(workdir / "finetune"), "gbm_test",
+    # called as workflow.train_eval calls it: the stage folder and the split, positionally
+    result = evaluate.evaluate_run(config, str(workdir / "finetune"), "gbm_test",
                                    cohort_dir=str(cohort), model=(module, variables))
     out = workdir / "finetune" / "eval" / "gbm_test"
     assert result["dir"] == str(out)

@@ -1,4 +1,4 @@
-"""qsnet_jax.metrics against scikit-image and NumPy references (DESIGN.md section 4)."""
+"""qsnet_jax.metrics against scikit-image and NumPy references (docs/design.md section 4)."""
 
 import numpy as np
 import pytest

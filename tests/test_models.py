@@ -227,7 +227,7 @@ def test_is_encoder_param_splits_encoder_and_decoder():
 
 
 def test_default_qsnet_matches_the_reference_twin_size():
-    # DESIGN.md section 7: widths 32-256, bottleneck 512, two residual blocks per level,
+    # docs/design.md section 7: widths 32-256, bottleneck 512, two residual blocks per level,
     # GroupNorm + SiLU: 18.9 M parameters.
     config = default.get_config()
     module = build(config.model)

@@ -1,5 +1,5 @@
 """The Colab notebooks: clean and valid, their project imports resolve, and the quick start
-runs top to bottom (the smoke config, with parameters injected the way papermill does)."""
+runs top to bottom (the tiny size, with parameters injected the way papermill does)."""
 
 import ast
 import importlib
@@ -12,7 +12,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLAB = os.path.join(ROOT, "colab")
 NOTEBOOKS = ("quickstart.ipynb", "tpu_training.ipynb")
-PROJECT_PACKAGES = ("qsnet_jax", "data_pipelines", "experiments", "configs")
+PROJECT_PACKAGES = ("qsnet_jax", "data_pipelines", "workflow", "experiments", "configs")
 MAGIC = re.compile(r"^(\s*)[!%]")
 
 
@@ -92,8 +92,8 @@ def test_project_references_resolve(name):
                 node.value.id in bound:
             assert hasattr(bound[node.value.id], node.attr), \
                 f"{name}: {node.value.id}.{node.attr} does not exist"
-    for preset in ("quickstart", "smoke", "default"):
-        importlib.import_module(f"configs.{preset}").get_config()
+    for size in ("quick", "tiny", "paper"):
+        importlib.import_module("configs.default").get_config(size)
 
 
 def inject_parameters(nb, **parameters):
@@ -113,7 +113,7 @@ def test_quickstart_runs_top_to_bottom(tmp_path, tiny_cohort):
     # the notebook looks for CACHE_DIR/phantom/tiny-seed0: the session's tiny cohort
     (tmp_path / "cache").mkdir()
     os.symlink(os.path.dirname(tiny_cohort), tmp_path / "cache" / "phantom")
-    nb = inject_parameters(read("quickstart.ipynb"), PRESET="smoke", STEPS=4,
+    nb = inject_parameters(read("quickstart.ipynb"), SIZE="tiny", STEPS=4,
                            WORKDIR=str(tmp_path / "run"), CACHE_DIR=str(tmp_path / "cache"))
     # a CellExecutionError (with the failing cell's traceback) fails the test
     NotebookClient(nb, timeout=600, kernel_name="python3",

@@ -91,7 +91,7 @@ def test_tissue_values_in_pure_voxels(gbm_subject):
         assert sel.sum() >= 5, (tissue, sel.sum())
         return float(np.median(out[name][sel]))
 
-    # WM 780-860 ms, 60-75 ms (DESIGN.md); tiny matches on a 10% grid: allow for it
+    # WM 780-860 ms, 60-75 ms (docs/design.md); tiny matches on a 10% grid: allow for it
     assert 740.0 < median("t1map", "wm") < 960.0
     assert 55.0 < median("t2map", "wm") < 83.0
     assert 1250.0 < median("t1map", "cgm") < 1800.0

@@ -1,6 +1,6 @@
 """Dictionary matching: recovery of pure-tissue T1/T2/PD with and without noise, the API
 (compressed input, complex input, chunking, background), and the partial-volume bright rim
-of signal-equation FLAIR (DESIGN.md section 5)."""
+of signal-equation FLAIR (docs/design.md section 5)."""
 
 import numpy as np
 import pytest
@@ -10,7 +10,7 @@ from qsnet_jax.physics.dictionary import build_dictionary, dictionary_grid, matc
 from qsnet_jax.physics.epg import simulate_fisp
 from qsnet_jax.physics.mrf import fisp_schedule
 
-# DESIGN.md section 5, mid-range 3 T values: T1 ms, T2 ms, PD.
+# docs/design.md section 5, mid-range 3 T values: T1 ms, T2 ms, PD.
 TISSUES = {"wm": (820.0, 68.0, 0.70), "gm": (1450.0, 90.0, 0.80), "csf": (4163.0, 1750.0, 1.0)}
 # Per-time-point noise: sigma = RMS(fingerprint) / FRAME_SNR. With N = 1000 shots and rank 10
 # the noise left in the matching subspace is |f| / (FRAME_SNR * sqrt(N / k)) = |f| / 40, i.e.

@@ -1,4 +1,4 @@
-"""Studies (experiments/study.py): variant configs, and compare / generalization / ablate end
+"""Studies (workflow/studies.py): variant configs, and compare / generalization / ablate end
 to end on the tiny phantom cohort, with the combined tables checked against the per-variant
 evaluations they are built from."""
 
@@ -15,10 +15,10 @@ import sys
 import ml_collections
 import pytest
 
-from configs import ablations, cgan, compare, default, generalization, resunet, study_sizes, swin
-from experiments import study
-from experiments.cli import UserError
+from configs import ablations, cgan, compare, default, generalization, physics, resunet, swin
 from qsnet_jax import evaluation
+from workflow import studies as study
+from workflow.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,24 +49,24 @@ def test_parse_and_apply_overrides():
 
 
 @pytest.mark.parametrize("variant, module", [("resunet", resunet), ("pix2pix", cgan),
-                                             ("swin", swin)])
+                                             ("swin", swin), ("physics", physics)])
 def test_variant_equals_its_config_module(variant, module):
-    # full-size study: the variant is exactly configs/<module>.py
+    # paper size: the variant is exactly configs/<module>.py
     built = study.variant_config(compare.get_config(), variant)
     assert study.flatten(built) == study.flatten(module.get_config())
-    # tiny study: the module's changes, on top of the tiny sizes
+    # tiny study: the module's edit applied to the tiny base; data, sizes and steps stay
     tiny = compare.get_config("tiny")
-    built = study.variant_config(tiny, variant)
-    changes = study.module_changes(variant if variant != "pix2pix" else "cgan")
-    assert changes and "model.name" in changes
-    flat, base = study.flatten(built), study.flatten(study.base_config(tiny))
-    for key, value in flat.items():
-        if key == "finetune.freeze_encoder_steps":
-            assert value == round(0.1 * tiny.finetune.steps)
-        elif key in changes:
-            assert value == changes[key], key
-        else:
+    built = study.flatten(study.variant_config(tiny, variant))
+    assert built == study.flatten(module.apply(compare.study_base("tiny")))
+    base = study.flatten(study.base_config(tiny))
+    assert built["model.name"] != base["model.name"]
+    for key, value in built.items():
+        kept = key.split(".")[0] in ("data", "train", "eval") or key in (
+            "pretrain.steps", "finetune.steps", "model.base_width", "model.depth")
+        if kept:
             assert value == base[key], key
+    if variant != "physics":
+        assert built["finetune.freeze_encoder_steps"] == round(0.1 * tiny.finetune.steps)
 
 
 def test_study_configs_plan_and_validate():
@@ -105,8 +105,8 @@ def test_study_plan_errors():
     with pytest.raises(UserError, match="is not a pair"):
         plan_with(pairs=(("qsnet", "nope"),))
     config = compare.get_config("tiny")
-    config.study.variants.resunet = ("not_a_config_module",)
-    with pytest.raises(UserError, match="no configs/not_a_config_module.py"):
+    config.study.variants.resunet = ("not_an_override",)
+    with pytest.raises(UserError, match="bad edit 'not_an_override' of variant 'resunet'"):
         study.study_plan(config)
     # a subset brings its reference along
     names, _, pairs = plan_with(only=("swin",))
@@ -210,7 +210,7 @@ def test_finished_variants_are_reused(studies):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("override, words", [
-    ("--config.study.variants.resunet=('resunet','model.nope=1')",
+    ("--config.study.variants.resunet=('model.name=resunet','model.nope=1')",
      "unknown config key 'model.nope'"),
     ("--config.study.only=('nope',)", "unknown variant"),
 ])
@@ -227,5 +227,8 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, override, words):
 def test_variant_names_are_ordered_as_written():
     assert list(compare.get_config("tiny").study.variants)[:2] == ["qsnet", "resunet"]
     assert isinstance(study.base_config(compare.get_config()), ml_collections.ConfigDict)
-    assert study_sizes.freeze_override(compare.get_config()) == \
-        "finetune.freeze_encoder_steps=500"
+    # the baselines freeze the encoder for a tenth of fine-tuning: 500 of the paper's 5000
+    assert study.variant_config(compare.get_config(), "resunet").finetune \
+        .freeze_encoder_steps == 500
+    assert study.variant_config(compare.get_config("quick"), "swin").finetune \
+        .freeze_encoder_steps == 10

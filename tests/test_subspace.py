@@ -356,7 +356,8 @@ def phantom_with_subspace(source_root, out_root, *, rank=6, num_trs=200):
 @pytest.mark.slow
 def test_input_paradigm_study_runs_at_tiny_size(tmp_path, tiny_cohort):
     from configs import input_paradigms
-    from experiments import study, synthesize
+    from experiments import synthesize
+    from workflow import studies as study
 
     root = phantom_with_subspace(tiny_cohort, str(tmp_path / "cohort"))
     assert cohort_lib.check_cohort(root) == []

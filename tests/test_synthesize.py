@@ -8,9 +8,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from configs import smoke
-from experiments import synthesize
+from configs import default
 from qsnet_jax import inference, models
+from workflow import synthesize
+from workflow.errors import UserError
 
 INPUTS = ("t1map", "t2map", "pdmap")
 TARGETS = ("t1w", "t2w", "t1flair", "t2flair", "swi")
@@ -68,7 +69,7 @@ def test_synthesize_volume_rejects_bad_arguments():
 
 
 def _tiny_model(context=0, shape=(20, 24)):
-    config = smoke.get_config()
+    config = default.get_config("tiny")
     config.data.context_slices = context
     module = models.build_generator(config.model, input_channels=INPUTS,
                                     target_channels=TARGETS, context_slices=context)
@@ -157,16 +158,21 @@ def _fake_loader(model):
     return load
 
 
-def _run_cli(argv, model, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        synthesize.main(argv, model_loader=_fake_loader(model))
-    err = capsys.readouterr().err.strip()
-    return exit_info.value.code, err
+def _command(files, out, model, **options):
+    """synthesize_command as experiments.synthesize calls it, with the model given."""
+    return synthesize.synthesize_command("unused", files, str(out),
+                                         model_loader=_fake_loader(model), **options)
+
+
+def _user_error(files, out, model, **options) -> str:
+    with pytest.raises(UserError) as error:
+        _command(files, out, model, **options)
+    return str(error.value)
 
 
 @pytest.mark.parametrize("problem", ["missing", "shape", "nan", "seconds", "inputs",
                                      "corrupt", "affine"])
-def test_bad_input_one_line_exit_2_and_nothing_written(tmp_path, tiny_model, capsys, problem):
+def test_bad_input_one_line_and_nothing_written(tmp_path, tiny_model, problem):
     files, mask, affine = _subject_files(tmp_path / "in", seconds=problem == "seconds")
     if problem == "missing":
         files["t2map"] = str(tmp_path / "in" / "nope.nii.gz")
@@ -189,11 +195,8 @@ def test_bad_input_one_line_exit_2_and_nothing_written(tmp_path, tiny_model, cap
         data = np.asarray(nib.load(files["pdmap"]).dataobj, np.float32)
         files["pdmap"] = _write(tmp_path / "in" / "pd_shifted.nii.gz", data, shifted)
     out = tmp_path / "out"
-    argv = ["--workdir", str(tmp_path)] + [f"--{k}={v}" for k, v in files.items()]
-    argv += ["--mask", mask, "--out", str(out)]
-    code, err = _run_cli(argv, tiny_model, capsys)
-    assert code == 2
-    assert len(err.splitlines()) == 1 and "error:" in err
+    err = _user_error(files, out, tiny_model, mask_path=mask)
+    assert len(err.splitlines()) == 1
     expected_words = {"missing": "missing file", "shape": "shape mismatch", "nan": "NaN",
                       "seconds": "seconds", "inputs": "missing --pdmap",
                       "corrupt": "cannot read", "affine": "affine mismatch"}[problem]
@@ -202,12 +205,10 @@ def test_bad_input_one_line_exit_2_and_nothing_written(tmp_path, tiny_model, cap
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
 
 
-def test_convert_seconds_flag_and_existing_output(tmp_path, tiny_model, capsys):
+def test_convert_seconds_flag_and_existing_output(tmp_path, tiny_model):
     files, mask, _ = _subject_files(tmp_path / "in", seconds=True)
-    out = tmp_path / "out"
-    argv = ["--workdir", str(tmp_path), "--out", str(out), "--mask", mask,
-            "--convert-seconds"] + [f"--{k}={v}" for k, v in files.items()]
-    written = synthesize.main(argv, model_loader=_fake_loader(tiny_model))
+    out = tmp_path / "new" / "parents" / "out"  # missing parents are created
+    written = _command(files, out, tiny_model, mask_path=mask, convert_seconds=True)
     assert sorted(written) == sorted(TARGETS)
     ms_files, _, _ = _subject_files(tmp_path / "ms")
     ms_written = synthesize.synthesize_files(*tiny_model, ms_files, str(tmp_path / "ms_out"),
@@ -215,5 +216,6 @@ def test_convert_seconds_flag_and_existing_output(tmp_path, tiny_model, capsys):
     for name in TARGETS:  # seconds x 1000 gives the same synthesis as milliseconds
         np.testing.assert_allclose(np.asarray(nib.load(written[name]).dataobj),
                                    np.asarray(nib.load(ms_written[name]).dataobj), atol=1e-5)
-    code, err = _run_cli(argv, tiny_model, capsys)  # --out now exists and is not empty
-    assert code == 2 and "--overwrite" in err
+    err = _user_error(files, out, tiny_model, mask_path=mask, convert_seconds=True)
+    assert "--overwrite" in err  # --out now exists and is not empty
+    assert [p for p in os.listdir(out.parent) if p.startswith(".")] == []

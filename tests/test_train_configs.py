@@ -7,20 +7,22 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import job
 from qsnet_jax.train import loop, optim, steps
 from qsnet_jax.train.state import init_train_state
+from workflow import train_eval
 
-CONFIGS = ("default", "smoke", "pretrain", "finetune", "two_stage", "resunet", "cgan", "swin")
-
-
-def get(name):
-    return importlib.import_module(f"configs.{name}").get_config()
+CONFIGS = ("default", "pretrain", "finetune", "two_stage", "resunet", "cgan", "swin", "physics")
+SIZES = (None, "tiny", "quick", "paper")
 
 
+def get(name, size=None):
+    return importlib.import_module(f"configs.{name}").get_config(size)
+
+
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("name", CONFIGS)
-def test_config_validates(name):
-    job.validate_config(get(name))
+def test_config_validates(name, size):
+    train_eval.validate_config(get(name, size))
 
 
 def shrink(config):

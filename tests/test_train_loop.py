@@ -13,10 +13,10 @@ import orbax.checkpoint as ocp
 import pytest
 from test_cohort import write_tiny_cohort
 
-from configs import smoke
-from experiments import job
-from experiments.cli import UserError
+from configs import default
 from qsnet_jax.train import checkpoints, load_generator, loop
+from workflow import train_eval
+from workflow.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBJECTS = (
@@ -34,7 +34,7 @@ def cohort_dir(tmp_path_factory):
 
 
 def smoke_config(cohort_dir, **stage_overrides):
-    config = smoke.get_config()
+    config = default.get_config("tiny")
     config.data.cohort_dir = cohort_dir
     config.eval.after_each_stage = False  # evaluation has its own tests
     for key, value in stage_overrides.items():
@@ -59,7 +59,7 @@ def test_two_stage_work_dir_and_finetune_starts_from_stage_one(cohort_dir, tmp_p
     # learning rate 0 in fine-tuning: its generator must stay exactly stage 1's weights
     config = smoke_config(cohort_dir, finetune__learning_rate=0.0)
     workdir = str(tmp_path / "run")
-    results = job.run(config, workdir)
+    results = train_eval.run(config, workdir)
     assert [r.stage for r in results] == ["pretrain", "finetune"]
     for name in ("config.json", "model_summary.json", "pretrain/done.json",
                  "finetune/done.json", "pretrain/checkpoints/6", "pretrain/checkpoints/3"):
@@ -83,7 +83,7 @@ def test_two_stage_work_dir_and_finetune_starts_from_stage_one(cohort_dir, tmp_p
     config = smoke_config(cohort_dir, finetune__learning_rate=0.0)
     config.stages = ("finetune",)
     config.init_from = workdir
-    job.run(config, str(tmp_path / "finetune_only"))
+    train_eval.run(config, str(tmp_path / "finetune_only"))
     stage2b = raw_state(f"{tmp_path}/finetune_only/finetune/checkpoints/6")
     assert_trees_equal(stage2b["gen_params"], stage1["gen_params"])
 
@@ -96,7 +96,7 @@ def test_two_stage_work_dir_and_finetune_starts_from_stage_one(cohort_dir, tmp_p
     assert_trees_equal(raw["params"], stage1["gen_params"])
 
     # re-running the finished command skips both stages
-    assert job.run(smoke_config(cohort_dir, finetune__learning_rate=0.0), workdir) == []
+    assert train_eval.run(smoke_config(cohort_dir, finetune__learning_rate=0.0), workdir) == []
 
 
 def test_missing_init_from_is_one_clear_line(cohort_dir, tmp_path):
@@ -105,22 +105,22 @@ def test_missing_init_from_is_one_clear_line(cohort_dir, tmp_path):
     config.init_from = str(tmp_path / "no_such_run")
     with pytest.raises(UserError, match="run configs/pretrain.py first or set "
                                         "--config.init_from"):
-        job.run(config, str(tmp_path / "w"))
+        train_eval.run(config, str(tmp_path / "w"))
 
 
 def test_bad_batch_size_and_names_are_user_errors(cohort_dir, tmp_path):
     config = smoke_config(cohort_dir)
     config.stages = ("pretrain", "warmup")
     with pytest.raises(UserError, match="unknown stage 'warmup'"):
-        job.validate_config(config)
+        train_eval.validate_config(config)
     config = smoke_config(cohort_dir)
     config.data.target_channels = ("t1w", "flair")
     with pytest.raises(UserError, match="flair"):
-        job.validate_config(config)
+        train_eval.validate_config(config)
     config = smoke_config(cohort_dir)
     config.train.batch_size = 0
     with pytest.raises(UserError, match="batch_size=0 must be a multiple of"):
-        job.validate_config(config)
+        train_eval.validate_config(config)
 
 
 @pytest.mark.slow
@@ -130,7 +130,7 @@ def test_nan_stops_training_names_the_step_and_keeps_a_good_checkpoint(cohort_di
     config.train.inject_nan_at_step = 5
     workdir = str(tmp_path / "nan")
     with pytest.raises(UserError) as error:
-        job.run(config, workdir)
+        train_eval.run(config, workdir)
     message = str(error.value)
     assert "non-finite loss or gradient at step 5" in message
     assert "the last good checkpoint is" in message and message.endswith("/3")
@@ -142,7 +142,7 @@ def test_nan_stops_training_names_the_step_and_keeps_a_good_checkpoint(cohort_di
 
 
 def _main_args(cohort_dir, workdir):
-    return [sys.executable, "-m", "experiments.main", "--config=configs/smoke.py",
+    return [sys.executable, "-m", "experiments.main", "--config=configs/default.py:tiny",
             f"--workdir={workdir}", f"--config.data.cohort_dir={cohort_dir}",
             "--config.stages=('pretrain',)", "--config.pretrain.steps=24",
             "--config.train.checkpoint_every_steps=4", "--config.train.log_every_steps=4",

@@ -1,4 +1,4 @@
-"""Two JAX processes on 127.0.0.1 (CPU, gloo collectives) train configs/smoke.py together:
+"""Two JAX processes on 127.0.0.1 (CPU, gloo collectives) train configs/default.py:tiny together:
 each feeds its own half of every batch, and both end with the same parameters."""
 
 import os
@@ -17,11 +17,9 @@ WORKER = r"""
 import sys
 import numpy as np
 sys.path.insert(0, {root!r})
-from experiments import cli
-cli.quiet_tensorflow()
-from configs import smoke
-from experiments import job
-config = smoke.get_config()
+from configs import default
+from workflow import train_eval
+config = default.get_config("tiny")
 config.data.cohort_dir = {cohort!r}
 config.stages = ("pretrain",)
 config.pretrain.steps = 4
@@ -31,7 +29,7 @@ config.distributed.initialize = True
 config.distributed.coordinator_address = {address!r}
 config.distributed.num_processes = 2
 config.distributed.process_id = {process_id}
-results = job.run(config, {workdir!r})
+results = train_eval.run(config, {workdir!r})
 import jax
 assert jax.process_count() == 2 and jax.device_count() == 2
 leaves = jax.tree.leaves(results[0].state.gen_params)

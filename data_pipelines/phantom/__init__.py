@@ -1,4 +1,4 @@
-"""The digital brain phantom cohort: QS-Net's embedded default data set (DESIGN.md section 5).
+"""The digital brain phantom cohort: QS-Net's embedded default data set (docs/design.md section 5).
 
     python -m data_pipelines.phantom --out DIR --preset {tiny,quick,paper} [--seed N]
     python -m data_pipelines.phantom.figure --cohort DIR --subject sub-004 --out fig.png

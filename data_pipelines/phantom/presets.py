@@ -34,7 +34,7 @@ def _design(healthy_train, healthy_test, gbm_train, gbm_test, ext_healthy, ext_g
 PRESETS = {
     # The study design of the paper (20/12 healthy, 9/9 GBM at site A) plus an external
     # cohort scanned at site B for the generalization test. Full-fidelity MRF: 1000 shots,
-    # 5% dictionary steps (DESIGN.md section 5).
+    # 5% dictionary steps (docs/design.md section 5).
     "paper": Preset("paper", 1, (192, 224), _design(20, 12, 9, 9, 6, 6),
                     num_trs=1000, dictionary_step=0.05, table_step=0.03),
     # The same design at 2 mm with fewer subjects: the CPU quick start.

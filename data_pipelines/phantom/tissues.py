@@ -1,4 +1,4 @@
-"""Tissue classes of the phantom and their 3 T parameters (DESIGN.md section 5).
+"""Tissue classes of the phantom and their 3 T parameters (docs/design.md section 5).
 
 Every subject draws one value per tissue inside the range of the table, then smooth
 within-tissue fields (anatomy.smooth_field) modulate T1 and T2 by a few percent around it, so

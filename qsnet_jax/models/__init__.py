@@ -18,7 +18,12 @@ from collections.abc import Sequence
 from qsnet_jax.models import layers
 from qsnet_jax.models.discriminators import ConditionalDiscriminator
 from qsnet_jax.models.pervoxel import PerVoxelMLP
-from qsnet_jax.models.physics_baseline import PhysicsGenerator, fit_physics_scales
+from qsnet_jax.models.physics_baseline import (
+    PhysicsGenerator,
+    check_physics_channels,
+    fit_physics_scales,
+    init_physics_variables,
+)
 from qsnet_jax.models.pix2pix import Pix2PixUNet
 from qsnet_jax.models.qsnet import GeneratorOutput, ResidualUNet
 from qsnet_jax.models.summary import count_params, model_summary
@@ -26,7 +31,7 @@ from qsnet_jax.models.swin import SwinUNet
 
 __all__ = ["GENERATORS", "DISCRIMINATORS", "GeneratorOutput", "build_generator",
            "build_discriminator", "is_encoder_param", "model_summary", "count_params",
-           "fit_physics_scales"]
+           "fit_physics_scales", "init_physics_variables"]
 
 ENCODER_PREFIXES = ("encoder", "stem")
 
@@ -85,6 +90,7 @@ def _swin(model_config, *, target_channels, **_):
 def _physics(model_config, *, input_channels, target_channels, context_slices):
     if isinstance(input_channels, int) or isinstance(target_channels, int):
         raise ValueError("the physics baseline needs channel names, not counts")
+    check_physics_channels(input_channels, target_channels, model_config.physics_site)
     return PhysicsGenerator(input_channels=tuple(input_channels),
                             target_channels=tuple(target_channels),
                             site=model_config.physics_site, context_slices=context_slices)

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 Dtype = Any
@@ -59,7 +58,7 @@ def normalize(x, kind: str, *, train: bool, dtype: Dtype = jnp.float32, name: st
     """Apply the normalization `kind` to NHWC `x`. Call inside a compact method.
 
     Batch norm keeps running statistics in the "batch_stats" collection (updated when train);
-    group and instance norm do not depend on the batch (DESIGN.md section 3).
+    group and instance norm do not depend on the batch (docs/design.md section 3).
     """
     if kind == "none":
         return x
@@ -110,7 +109,7 @@ class MatmulUpsample2x(nn.Module):
     Each input pixel emits a 2x2 block of output pixels: out[2i+a, 2j+b] = x[i, j] @ K[:, a, b]
     + bias. Same parameters as nn.ConvTranspose(features, (2, 2), strides=(2, 2)) (its kernel is
     ours flipped and transposed, see the test), but XLA on CPU computes the weight gradient of
-    the transposed convolution at ~2 GFLOP/s and of a matmul at full speed (DESIGN.md sec. 7).
+    the transposed convolution at ~2 GFLOP/s and of a matmul at full speed (docs/design.md sec. 7).
     """
 
     features: int
@@ -169,10 +168,6 @@ def space_to_depth(x, block: int):
     return x.reshape(batch, height // block, width // block, block * block * channels)
 
 
-def to_float32(tree):
-    return jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), tree)
-
-
 class MatmulTransposedConv4x4(nn.Module):
     """PyTorch's ConvTranspose2d(kernel_size=4, stride=2, padding=1) (the pix2pix decoder
     up-sampling) as one matrix product on 2x2 patches plus a phase shuffle.
@@ -182,7 +177,7 @@ class MatmulTransposedConv4x4(nn.Module):
     phases share the 2x2 patches and become one [4 C_in, 4 C_out] matmul. kernel[k_y, k_x,
     c_in, c_out] has PyTorch's meaning: out[o] += x[i] * kernel[o + 1 - 2 i]. Same parameters
     and multiply-adds as the transposed convolution, whose weight gradient XLA on CPU runs at
-    ~2 GFLOP/s (DESIGN.md section 7).
+    ~2 GFLOP/s (docs/design.md section 7).
     """
 
     features: int

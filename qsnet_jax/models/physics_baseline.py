@@ -26,6 +26,25 @@ from qsnet_jax.physics import channels, signal
 REQUIRED_INPUTS = ("t1map", "t2map")
 
 
+def check_physics_channels(input_channels, target_channels, site: str) -> dict:
+    """The site's protocols; ValueError (one line) for inputs or targets the baseline cannot
+    use. The registry calls it when it builds the module, so a bad config fails at once."""
+    missing = [name for name in REQUIRED_INPUTS if name not in input_channels]
+    if missing:
+        raise ValueError(f"the physics baseline needs input channels {list(REQUIRED_INPUTS)}"
+                         f" (pdmap optional); missing {missing} in {list(input_channels)}")
+    multi = [n for n in input_channels if n in channels.MULTI_PLANE_CHANNELS]
+    if multi:  # it reads one plane per input channel (_centre)
+        raise ValueError(f"the physics baseline reads maps only; drop {multi} from its "
+                         "input channels")
+    protocols = signal.site_protocols(site)
+    unknown = [name for name in target_channels if name not in protocols]
+    if unknown:
+        raise ValueError(f"the physics baseline has no signal equation for {unknown}; "
+                         f"known: {sorted(protocols)}")
+    return protocols
+
+
 class PhysicsGenerator(nn.Module):
     input_channels: Sequence[str]
     target_channels: Sequence[str]
@@ -33,20 +52,7 @@ class PhysicsGenerator(nn.Module):
     context_slices: int = 0
 
     def setup(self):
-        missing = [name for name in REQUIRED_INPUTS if name not in self.input_channels]
-        if missing:
-            raise ValueError(f"the physics baseline needs input channels {list(REQUIRED_INPUTS)}"
-                             f" (pdmap optional); missing {missing} in "
-                             f"{list(self.input_channels)}")
-        multi = [n for n in self.input_channels if n in channels.MULTI_PLANE_CHANNELS]
-        if multi:  # _centre counts one plane per input channel
-            raise ValueError(f"the physics baseline reads maps only; drop {multi} from its "
-                             "input channels")
-        protocols = signal.site_protocols(self.site)
-        unknown = [name for name in self.target_channels if name not in protocols]
-        if unknown:
-            raise ValueError(f"the physics baseline has no signal equation for {unknown}; "
-                             f"known: {sorted(protocols)}")
+        protocols = check_physics_channels(self.input_channels, self.target_channels, self.site)
         self.protocols = [protocols[name] for name in self.target_channels]
         self.contrast_scale = self.param("contrast_scale", nn.initializers.ones,
                                          (len(self.target_channels),))
@@ -72,6 +78,13 @@ class PhysicsGenerator(nn.Module):
         del train
         prediction = jnp.clip(self.raw_signals(x) * self.contrast_scale, 0.0, 1.0)
         return GeneratorOutput(prediction=prediction, aux=())
+
+
+def init_physics_variables(module: PhysicsGenerator):
+    """The baseline's variables before the fit: every scale 1 (its only parameter)."""
+    span = 2 * module.context_slices + 1
+    x = jnp.zeros((1, 8, 8, len(module.input_channels) * span), jnp.float32)
+    return {"params": dict(module.init(jax.random.PRNGKey(0), x)["params"])}
 
 
 def fit_physics_scales(module: PhysicsGenerator, variables, batches: Iterable[dict]):

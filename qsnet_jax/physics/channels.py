@@ -1,4 +1,4 @@
-"""Channel names and the fixed normalizations of DESIGN.md section 3.
+"""Channel names and the fixed normalizations of docs/design.md section 3.
 
 Every array that enters a model is normalized here, the same way for training, evaluation
 and whole-volume synthesis:
@@ -88,7 +88,7 @@ def percentile_scale(volume, brain_mask, percentile=PERCENTILE):
 
 
 def normalize_channel(name, volume, brain_mask):
-    """Normalize one volume of channel `name` as DESIGN.md section 3 says.
+    """Normalize one volume of channel `name` as docs/design.md section 3 says.
 
     Returns float32 in [0, 1] with the background (outside `brain_mask`) set to 0; for
     `mrf_subspace`, the signed [X, Y, Z, 2k] of `normalize_subspace`.

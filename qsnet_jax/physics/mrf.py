@@ -88,7 +88,7 @@ def fisp_repetition_times(num_trs: int) -> np.ndarray:
 
 
 def fisp_schedule(num_trs: int = 1000) -> MRFSchedule:
-    """The deterministic default FISP-MRF schedule of `num_trs` shots (DESIGN.md section 5)."""
+    """The deterministic default FISP-MRF schedule of `num_trs` shots (docs/design.md section 5)."""
     if num_trs < len(FLIP_LOBE_PEAKS_DEG):
         raise ValueError(f"num_trs must be at least {len(FLIP_LOBE_PEAKS_DEG)}, got {num_trs}")
     return MRFSchedule(flip_deg=fisp_flip_angles(num_trs), tr_ms=fisp_repetition_times(num_trs))

@@ -4,7 +4,7 @@ All times are in milliseconds, flip angles in degrees, PD relative. The function
 `jax.numpy` and accept numpy or jax arrays (they broadcast), so the phantom generator, the
 physics baseline model and the tests share one implementation.
 
-Site A / site B values are DESIGN.md section 5: two vendors' protocols, so that weighted
+Site A / site B values are docs/design.md section 5: two vendors' protocols, so that weighted
 *inputs* differ between sites while quantitative maps do not.
 """
 
@@ -85,7 +85,7 @@ def _positive(t_ms):
 
 
 # Nominal CSF T1 at 3 T (Lu 2005: 4163 +- 263 ms). The T2-FLAIR inversion time of each site
-# nulls it: 2432 ms at TR 9000 (site A), 2600 ms at TR 11000 (site B). DESIGN.md's rounder
+# nulls it: 2432 ms at TR 9000 (site A), 2600 ms at TR 11000 (site B). docs/design.md's rounder
 # 2500 / 2800 ms would leave CSF at about 16% / 7% of white matter, not nulled.
 CSF_T1_MS = 4163.0
 

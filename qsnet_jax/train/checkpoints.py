@@ -64,6 +64,19 @@ def save_best(manager: ocp.CheckpointManager, state: TrainState, meta: dict, sco
         force=True)
 
 
+def save_generator(stage_dir: str, step: int, variables: dict, meta: dict):
+    """Save generator `variables` (not trained by the loop: the physics baseline's closed-form
+    fit) as the stage's latest checkpoint, loadable like any other (`load_generator`)."""
+    params = variables["params"]
+    collections = {k: v for k, v in variables.items() if k != "params"}
+    item = {"params": params, "ema_params": params, "collections": collections}
+    manager = ocp.CheckpointManager(os.path.join(os.path.abspath(stage_dir), CHECKPOINTS),
+                                    options=_options(1), item_names=("generator", "meta"))
+    manager.save(step, args=ocp.args.Composite(generator=ocp.args.StandardSave(item),
+                                               meta=ocp.args.JsonSave(meta)), force=True)
+    manager.wait_until_finished()
+
+
 def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state, shardings):
     """Restore the whole TrainState with the given shardings (resume)."""
     target = jax.tree.map(

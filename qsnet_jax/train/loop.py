@@ -11,7 +11,6 @@ The loop takes plain callables for its data (it never sees tf.data or files):
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -22,12 +21,13 @@ import ml_collections
 import numpy as np
 from clu import metric_writers, periodic_actions
 
+from qsnet_jax import io, models
+from qsnet_jax.metrics import HIGHER_IS_BETTER
 from qsnet_jax.train import checkpoints, optim, steps
 from qsnet_jax.train import mesh as mesh_lib
 from qsnet_jax.train.state import TrainState, init_train_state
 
 NO_DISCRIMINATOR_MODELS = ("resunet", "physics", "pervoxel")
-LOWER_IS_BETTER = ("mae", "l1")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -46,8 +46,6 @@ class StageResult:
 
 def build_models(config: ml_collections.ConfigDict):
     """(generator, discriminator or None) from the registry."""
-    from qsnet_jax import models  # noqa: PLC0415
-
     generator = checkpoints.build_generator_from_config(models, config)
     if config.model.name in NO_DISCRIMINATOR_MODELS or config.discriminator.name == "none":
         return generator, None
@@ -56,8 +54,6 @@ def build_models(config: ml_collections.ConfigDict):
 
 def encoder_mask(params) -> dict:
     """A params-shaped tree of bools: True for encoder parameters (frozen when asked)."""
-    from qsnet_jax import models  # noqa: PLC0415
-
     return jax.tree_util.tree_map_with_path(
         lambda path, _: bool(models.is_encoder_param(tuple(_key_name(k) for k in path))),
         params)
@@ -71,7 +67,11 @@ def _key_name(key) -> str:
 
 
 def best_metric_mode(metric: str) -> str:
-    return "min" if metric in LOWER_IS_BETTER else "max"
+    """"max" or "min": how config.train.best_metric picks the best checkpoint."""
+    if metric not in HIGHER_IS_BETTER:
+        raise ValueError(f"unknown config.train.best_metric {metric!r}; "
+                         f"known: {list(HIGHER_IS_BETTER)}")
+    return "max" if HIGHER_IS_BETTER[metric] else "min"
 
 
 def validation_score(scores: dict, metric: str) -> float | None:
@@ -171,10 +171,8 @@ def train_stage(config: ml_collections.ConfigDict, *, stage: str, stage_dir: str
     sample_targets = np.asarray(first_batch["targets"][:1])
 
     if summary_path and is_chief and not os.path.exists(summary_path):
-        from qsnet_jax import models  # noqa: PLC0415
-
         summary = models.model_summary(generator, sample_inputs.shape)
-        write_json(summary_path, {"model": config.model.name, "stage": stage,
+        io.write_json(summary_path, {"model": config.model.name, "stage": stage,
                                   "input_shape": list(sample_inputs.shape[1:]), **summary})
 
     freeze_steps = int(stage_config.freeze_encoder_steps)
@@ -338,12 +336,3 @@ def final_generator_variables(stage_dir: str) -> dict:
     step_dir = checkpoints.resolve_checkpoint(stage_dir, prefer_best=False)
     item = checkpoints.load_generator_item(step_dir)
     return {"params": item["params"], **item["collections"]}
-
-
-def write_json(path: str, value) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, default=float)
-    os.replace(tmp, path)
-
-

@@ -194,18 +194,3 @@ def make_predict_fn(generator: nn.Module) -> Callable[[dict, jax.Array], jax.Arr
         return output.prediction.astype(jnp.float32)
 
     return predict
-
-
-def make_eval_step(generator: nn.Module) -> Callable[[dict, dict], dict]:
-    """`eval_step(variables, batch) -> {"prediction", "l1_sum", "count"}`; padded rows
-    (`valid == 0`) do not count."""
-    predict = make_predict_fn(generator)
-
-    def eval_step(variables, batch):
-        prediction = predict(variables, batch["inputs"])
-        valid = batch["valid"].astype(jnp.float32)
-        per_slice = jnp.mean(jnp.abs(prediction - batch["targets"]), axis=(1, 2, 3))
-        return {"prediction": prediction, "l1_sum": jnp.sum(per_slice * valid),
-                "count": jnp.sum(valid)}
-
-    return eval_step

@@ -1,0 +1,245 @@
+"""Every table the workflow writes (markdown and CSV) and the studies' comparison figures.
+
+The numbers come from `qsnet_jax.evaluation` (aggregation, paired tests, the convention
+text); this module only lays them out, so an evaluation's report.md and a study's combined
+report read the same way (docs/design.md, "Metrics").
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qsnet_jax import evaluation, figures, inference, models
+from qsnet_jax.metrics import METRIC_NAMES, REGIONS
+from workflow import cohorts, synthesize
+
+SCORE_FIELDS = ("subject", "contrast", "region") + METRIC_NAMES
+
+
+# ------------------------------------------------------------------ one evaluation
+
+
+def scores_csv(rows) -> str:
+    """metrics.csv of an evaluation: one row per subject x contrast x region."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SCORE_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def evaluation_markdown(summary, *, title: str, split: str, num_subjects: int, model_name: str,
+                        details: Sequence[str] = ()) -> str:
+    """report.md of an evaluation: the paper-style table and the metric convention."""
+    lines = [f"# {title}", "",
+             f"Model `{model_name}`, split `{split}`, {num_subjects} subject(s).", ""]
+    lines += [f"- {d}" for d in details] + ([""] if details else [])
+    lines += [evaluation.markdown_table({model_name: summary}), "",
+              evaluation.convention_text(summary), ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ a study
+
+
+def _partner_tests(result) -> dict:
+    """``{variant b: test of (a, b)}`` for the first pair naming b second."""
+    partner = {}
+    for test in result["wilcoxon"]:
+        partner.setdefault(test["b"], test)
+    return partner
+
+
+def _columns(result):
+    return [(m, r) for r in REGIONS for m in METRIC_NAMES
+            if any(evaluation.metric_key(m, r) in entry for model in result["models"].values()
+                   for entry in model["summary"].values())]
+
+
+def _contrasts(result) -> list[str]:
+    order = []
+    for model in result["models"].values():
+        order += [c for c in model["summary"] if c not in order]
+    return order
+
+
+def study_table(result) -> str:
+    """Rows = contrast × variant; cells mean ± std with the paired p-value against the
+    row's partner (``(p=…)``); the reference / first of a pair has none."""
+    columns = _columns(result)
+    partner = _partner_tests(result)
+    header = ["Contrast", "Model"] + [f"{evaluation.METRIC_TITLES.get(m, m)} {r}"
+                                      for m, r in columns]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join([":---", ":---"] + ["---:"] * len(columns)) + "|"]
+    for contrast in _contrasts(result):
+        for name, model in result["models"].items():
+            entry = model["summary"].get(contrast)
+            if entry is None:
+                continue
+            cells = [evaluation.contrast_title(contrast), name]
+            for m, r in columns:
+                key = evaluation.metric_key(m, r)
+                if key not in entry:
+                    cells.append("–")
+                    continue
+                text = evaluation.format_mean_std(entry[key]["mean"], entry[key]["std"], m)
+                test = partner.get(name, {}).get("results", {}).get(contrast, {}).get(key)
+                if test is not None:
+                    text += f" (p={test['p_value']:.3g})"
+                cells.append(text)
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def study_markdown(result, *, title: str) -> str:
+    """report.md of a study: the variants, the combined table, the paired tests."""
+    lines = [f"# {title}", "", f"Split `{result['split']}`; every variant scored on the same "
+             "subjects.", ""]
+    for name, model in result["models"].items():
+        lines.append(f"- `{name}`: model `{model['model']}`, inputs "
+                     f"{', '.join(model['inputs'])}, 2.5D context {model['context_slices']}, "
+                     f"stages {', '.join(model['stages'])}, {model['num_subjects']} subjects "
+                     f"(`{model['eval']}`)")
+    lines += ["", study_table(result), ""]
+    if result["wilcoxon"]:
+        pairs = ", ".join(f"{t['b']} vs {t['a']}" for t in result["wilcoxon"])
+        lines += [f"p: {result['test']}; each row's p compares it with its partner ({pairs}).",
+                  ""]
+    lines += [result["convention"], ""]
+    for test in result["wilcoxon"]:
+        lines += [evaluation.wilcoxon_markdown(test["results"], test["a"], test["b"]), ""]
+        notes = sorted({r["note"] for entry in test["results"].values()
+                        for r in entry.values() if r.get("note")})
+        lines += [f"Note: {n}." for n in notes] + ([""] if notes else [])
+    return "\n".join(lines)
+
+
+def study_csv(result) -> str:
+    """metrics.csv of a study: one row per variant x contrast x region, with the p-values."""
+    fields = (["model", "contrast", "region", "n"]
+              + [f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")]
+              + ["compared_with"] + [f"p_{m}" for m in METRIC_NAMES])
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    partner = _partner_tests(result)
+
+    def fmt(value):
+        return "" if value is None or not np.isfinite(value) else f"{value:.6g}"
+
+    for contrast in _contrasts(result):
+        for name, model in result["models"].items():
+            entry = model["summary"].get(contrast, {})
+            for region in REGIONS:
+                keys = {m: evaluation.metric_key(m, region) for m in METRIC_NAMES}
+                if not all(k in entry for k in keys.values()):
+                    continue
+                test = partner.get(name)
+                row = {"model": name, "contrast": contrast, "region": region,
+                       "n": entry[keys["mae"]]["n"],
+                       "compared_with": test["a"] if test else ""}
+                for m, k in keys.items():
+                    row[f"{m}_mean"] = fmt(entry[k]["mean"])
+                    row[f"{m}_std"] = fmt(entry[k]["std"])
+                    p = test["results"].get(contrast, {}).get(k) if test else None
+                    row[f"p_{m}"] = fmt(p["p_value"]) if p else ""
+                writer.writerow(row)
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------ the study figures
+
+
+def figure_subjects(cohort_dir: str, split: str, count: int) -> list:
+    """The first ``count`` records of the split, subjects with a tumor first."""
+    records = cohorts.split_records(cohort_dir, split)
+    records = sorted(records, key=lambda r: r.group != "gbm")  # stable: manifest order kept
+    return records[:max(0, count)]
+
+
+def comparison_figures(runs: Mapping[str, dict], configs: Mapping, cohort_dirs: Mapping,
+                       split: str, count: int) -> dict[str, bytes]:
+    """``{subject: PNG bytes}``: every variant's synthesis next to the ground truth."""
+    names = list(runs)
+    if count <= 0 or not names:
+        return {}
+    first = configs[names[0]]
+    records = figure_subjects(cohort_dirs[names[0]], split, count)
+    contrasts = [c for c in first.data.target_channels
+                 if all(c in configs[n].data.target_channels for n in names)]
+    predictions = {r.subject: {} for r in records}
+    truth = {}
+    for name in names:
+        vconfig = configs[name]
+        _, module, variables = synthesize.load_model(runs[name]["stage_dir"],
+                                                     use_ema=bool(vconfig.eval.use_ema))
+        predict_fn = inference.make_predict_fn(module, variables)
+        inputs, targets = tuple(vconfig.data.input_channels), tuple(vconfig.data.target_channels)
+        for record in records:
+            subject = cohorts.load_record(
+                cohort_dirs[name], record, channels=inputs + targets,
+                convert_seconds=bool(vconfig.data.convert_seconds),
+                resample=bool(vconfig.data.resample))
+            prediction = synthesize.synthesize_subject(
+                predict_fn, subject, input_channels=inputs,
+                context_slices=int(vconfig.data.context_slices),
+                batch_size=int(vconfig.eval.batch_size))
+            predictions[record.subject][name] = np.stack(
+                [prediction[..., targets.index(c)] for c in contrasts], -1)
+            if record.subject not in truth:
+                labels = subject.labels if np.any(subject.labels > 0) else None
+                truth[record.subject] = (synthesize.stack_inputs(subject, contrasts),
+                                         subject.brain_mask, labels, record.group)
+    out = {}
+    for record in records:
+        target, mask, labels, group = truth[record.subject]
+        fig = figures.comparison_figure(
+            target, predictions[record.subject], mask, labels, contrast_names=contrasts,
+            title=f"{record.subject} ({group}, {split})")
+        out[record.subject] = figures.png_bytes(fig)
+    return out
+
+
+# ------------------------------------------------------------------ model sizes
+
+
+def model_summary_rows(config, names, height: int, width: int):
+    """[(name, params, flops_per_slice)] for the generators `names` and the discriminator of
+    `config`, at one H x W slice (XLA's FLOP count of the compiled forward pass, batch 1)."""
+    span = 2 * config.data.context_slices + 1
+    input_shape = (1, height, width, len(config.data.input_channels) * span)
+    rows = []
+    for name in names:
+        model_config = config.model.copy_and_resolve_references()
+        model_config.name = name
+        module = models.build_generator(model_config,
+                                        input_channels=config.data.input_channels,
+                                        target_channels=config.data.target_channels,
+                                        context_slices=config.data.context_slices)
+        summary = models.model_summary(module, input_shape)
+        rows.append((name, summary["params"], summary["flops_per_slice"]))
+    disc = models.build_discriminator(config.discriminator)
+    if disc is not None:
+        condition = jax.ShapeDtypeStruct(input_shape, jnp.float32)
+        image = jax.ShapeDtypeStruct(input_shape[:3] + (len(config.data.target_channels),),
+                                     jnp.float32)
+        variables = models.summary.abstract_variables(disc, condition, image)
+        flops = models.summary.forward_flops(disc, variables, condition, image)
+        rows.append((f"discriminator: {config.discriminator.name}",
+                     models.count_params(variables), flops))
+    return rows
+
+
+def model_summary_table(rows, height: int, width: int) -> str:
+    lines = [f"{'model':<36} {'params':>14} {'GFLOP/slice':>12}   ({height} x {width}, fwd)"]
+    for name, params, flops in rows:
+        lines.append(f"{name:<36} {params:>14,d} {flops / 1e9:>12.2f}")
+    return "\n".join(lines)

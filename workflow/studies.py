@@ -1,0 +1,336 @@
+"""Studies: train (or reuse) named variants of one base config, evaluate them on one split,
+and write one combined table with paired statistics and a side-by-side figure.
+
+The CLIs ``experiments.compare`` (model comparison, generalization test) and
+``experiments.ablate`` (ablations) are thin wrappers of ``run_study(config, workdir)``; the
+tables and figures are laid out by ``workflow.reports``.
+
+A study config is a training config (every field of configs/default.py: data, sizes, steps)
+plus a ``study`` section:
+
+- ``study.variants``: ``{name: edits}``; each variant's config is the base config (the
+  study config without ``study``) with its edits applied in order. An edit is a Python
+  function ``edit(config)`` written in the config file (``configs/resunet.py``'s ``apply``
+  turns any QS-Net config into the Res-UNet baseline's, so a variant gets exactly its
+  settings while data, sizes and steps stay those of the base), or, from the command line, a
+  ``"dotted.key=value"`` string (``value`` a Python literal, or a bare string for string
+  fields, or ``a,b,c`` for tuple fields).
+- ``study.split``: the split every variant is evaluated on.
+- ``study.reference``: the variant the others are paired with (Wilcoxon), or ``""``.
+- ``study.pairs``: explicit ``(a, b)`` pairs; empty: ``(reference, v)`` for every other v.
+- ``study.only``: a subset of the variants to run (empty: all).
+- ``study.num_figure_subjects``: subjects in the comparison figure.
+
+Every variant, the physics baseline included, goes through ``workflow.train_eval.run`` (the
+physics baseline's closed-form fit writes an ordinary checkpoint) and is evaluated and drawn
+from its checkpoint the same way.
+
+Layout: ``WORKDIR/<variant>/`` is an ordinary training work dir (``experiments.main`` would
+produce the same); a variant whose stages are finished is reused, not retrained (a work dir
+holding a different config is refused). ``WORKDIR/comparison/`` holds report.md,
+metrics.json, metrics.csv and figures/<subject>.png, replaced at once when complete.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+
+import ml_collections
+
+from qsnet_jax import evaluation, io
+from workflow import cohorts, evaluate, reports, train_eval
+from workflow.errors import UserError
+
+COMPARISON_DIR = "comparison"
+_NAME = re.compile(r"^[a-z0-9_]+$")
+
+
+# ------------------------------------------------------------- variant configs
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """``"model.name=resunet"`` -> ``("model.name", "resunet")`` (the value still a string)."""
+    key, sep, value = str(text).partition("=")
+    key = key.strip()
+    if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_]\w*)*", key):
+        raise UserError(f"bad override {text!r}: expected 'dotted.key=value' or a configs "
+                        "module name")
+    return key, value.strip()
+
+
+def _parse_value(key: str, text: str, current):
+    """The override's value, typed like the field it replaces."""
+    if isinstance(current, bool) and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if isinstance(current, str):
+            return text
+        if isinstance(current, tuple):
+            value = tuple(part.strip() for part in text.split(",") if part.strip())
+        else:
+            raise UserError(f"bad override {key}={text}: cannot parse the value as a "
+                            f"{type(current).__name__}") from None
+    if isinstance(current, tuple) and isinstance(value, (list, str)):
+        value = tuple(value) if isinstance(value, list) else (value,)
+    if isinstance(current, str) and not isinstance(value, str):
+        value = text
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not type(current) and not (
+            isinstance(current, float) and isinstance(value, float)):
+        raise UserError(f"bad override {key}={text}: config.{key} is a "
+                        f"{type(current).__name__}, got a {type(value).__name__}")
+    return value
+
+
+def _parent(config: ml_collections.ConfigDict, key: str):
+    *path, leaf = key.split(".")
+    node = config
+    for i, part in enumerate(path):
+        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+            raise UserError(f"unknown config key {key!r}: config.{'.'.join(path[:i + 1])} is "
+                            "not a section (every key is in configs/default.py)")
+        node = node[part]
+    if leaf not in node:
+        raise UserError(f"unknown config key {key!r} (every key is in configs/default.py)")
+    if isinstance(node[leaf], ml_collections.ConfigDict):
+        raise UserError(f"override {key!r} names a whole section; set its fields instead")
+    return node, leaf
+
+
+def apply_override(config: ml_collections.ConfigDict, text: str):
+    """Apply one ``"dotted.key=value"`` to ``config`` in place (UserError on a bad one)."""
+    key, value_text = parse_override(text)
+    node, leaf = _parent(config, key)
+    value = _parse_value(key, value_text, node[leaf])
+    try:
+        node[leaf] = value
+    except (TypeError, ValueError) as error:
+        raise UserError(f"bad override {text!r}: {error}") from None
+
+
+def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
+    """``{"dotted.key": value}`` of every leaf field."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def base_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A mutable copy of the study config without its ``study`` section."""
+    plain = config.to_dict()
+    plain.pop("study", None)
+    return ml_collections.ConfigDict(plain)
+
+
+def variant_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """The training config of variant ``name``: the base with the variant's edits applied in
+    order (a function ``edit(config)``, or a ``"dotted.key=value"`` string)."""
+    variants = config.study.variants
+    if name not in variants:
+        raise UserError(f"unknown variant {name!r}; known: {list(variants)}")
+    edits = variants[name]
+    if isinstance(edits, str) or callable(edits):
+        edits = (edits,)
+    result = base_config(config)
+    for edit in edits:
+        if callable(edit):
+            edit(result)
+        elif isinstance(edit, str) and "=" in edit:
+            apply_override(result, edit)
+        else:
+            raise UserError(f"bad edit {edit!r} of variant {name!r}: expected a function of "
+                            "the config or 'dotted.key=value'")
+    return result
+
+
+# ------------------------------------------------------------------ study plan
+
+
+def study_plan(config: ml_collections.ConfigDict):
+    """``(names, {name: variant config}, pairs)`` after checking the study section."""
+    if "study" not in config or not isinstance(config.study, ml_collections.ConfigDict):
+        raise UserError("the config has no study section (use configs/compare.py, "
+                        "configs/generalization.py or configs/ablations.py)")
+    study = config.study
+    names = list(study.variants)
+    if not names:
+        raise UserError("config.study.variants is empty")
+    for name in names:
+        if not _NAME.fullmatch(name) or name == COMPARISON_DIR:
+            raise UserError(f"bad variant name {name!r}: use [a-z0-9_]+ other than "
+                            f"{COMPARISON_DIR!r}")
+    reference = str(study.get("reference", ""))
+    if reference and reference not in study.variants:
+        raise UserError(f"config.study.reference={reference!r} is not a variant; "
+                        f"known: {names}")
+    pairs = [tuple(p) for p in (study.get("pairs") or ())]
+    for pair in pairs:
+        if len(pair) != 2 or any(p not in study.variants for p in pair) or pair[0] == pair[1]:
+            raise UserError(f"config.study.pairs: {pair!r} is not a pair of two variants; "
+                            f"known: {names}")
+    only = [n for n in (study.get("only") or ()) if n]
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise UserError(f"config.study.only names unknown variant(s) {unknown}; known: {names}")
+    if only:  # a subset, with what its paired tests need
+        needed = set(only) | ({reference} if reference else set())
+        needed |= {a for a, b in pairs if b in only}
+        names = [n for n in names if n in needed]
+    if not pairs and reference:
+        pairs = [(reference, n) for n in names if n != reference]
+    pairs = [p for p in pairs if p[0] in names and p[1] in names]
+    configs = {}
+    for name in names:
+        configs[name] = variant_config(config, name)
+        try:
+            train_eval.validate_config(configs[name])
+        except UserError as error:
+            raise UserError(f"variant {name!r}: {error}") from None
+    return names, configs, pairs
+
+
+# --------------------------------------------------------------------- running
+
+
+def _say(stream, text: str):
+    print(text, file=stream, flush=True)
+
+
+def _check_same_config(vdir: str, vconfig, name: str):
+    """Refuse to resume or reuse a variant work dir trained with another config."""
+    path = os.path.join(vdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        stored = json.load(f)
+    wanted = json.loads(vconfig.to_json_best_effort())
+    differing = sorted(_diff(stored, wanted))
+    if differing:
+        raise UserError(f"{vdir} holds variant {name!r} trained with another config "
+                        f"({', '.join(differing[:4])}{' ...' if len(differing) > 4 else ''} "
+                        "differ): remove it or use another --workdir")
+
+
+def _diff(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in set(a) | set(b):
+            yield from _diff(a.get(key), b.get(key), f"{prefix}{key}.")
+    elif a != b:
+        yield prefix.rstrip(".")
+
+
+def run_variant(name: str, vconfig, vdir: str, split: str, cohort_dir: str, *, index: int,
+                total: int, stream=sys.stdout) -> dict:
+    """Train (or reuse) one variant and evaluate it on ``split``; returns its eval record."""
+    _check_same_config(vdir, vconfig, name)
+    started = time.time()
+    stages = tuple(vconfig.stages)
+    trained = not train_eval.is_trained(vconfig, vdir)
+    what = ("physics baseline (closed-form scale fit)" if vconfig.model.name == "physics"
+            else f"training {vconfig.model.name}")
+    if not trained:
+        _say(stream, f"[study] variant {index}/{total} {name}: reusing the finished "
+             f"stages {', '.join(stages)} in {vdir}")
+    else:
+        _say(stream, f"[study] variant {index}/{total} {name}: {what}, stages "
+             f"{', '.join(stages)} in {vdir}")
+    train_eval.run(vconfig, vdir)
+    stage_dir = os.path.join(vdir, stages[-1])
+    metrics_path = os.path.join(stage_dir, evaluate.EVAL_DIR, split, "metrics.json")
+    # The training job evaluates each stage on its eval_split as it finishes it; any other
+    # evaluation found here predates a (re)training of this run and is redone.
+    job_evaluated = (bool(vconfig.eval.after_each_stage)
+                     and split == str(vconfig[stages[-1]].eval_split))
+    if os.path.exists(metrics_path) and (not trained or job_evaluated):
+        _say(stream, f"  reusing the evaluation {metrics_path}")
+    else:
+        _say(stream, f"  evaluating {name} on {split}")
+        evaluate.evaluate_run(vconfig, stage_dir, split, cohort_dir=cohort_dir, stream=stream)
+    with open(metrics_path) as f:
+        record = json.load(f)
+    _say(stream, f"  {name} done in {time.time() - started:.1f} s")
+    return {"stage_dir": stage_dir, "metrics_path": metrics_path,
+            "per_subject": record["per_subject"], "model": record["model"]}
+
+
+def run_study(config: ml_collections.ConfigDict, workdir: str, *, make_parents: bool = False,
+              stream=sys.stdout) -> dict:
+    """Run every variant, then write WORKDIR/comparison/. Returns the combined result.
+    `make_parents`: create missing parents of `workdir` (the default runs/<config name>)."""
+    if "train" in config:
+        train_eval.configure_runtime(config)  # quiet INFO logs (e.g. JAX's backend probing)
+    names, configs, pairs = study_plan(config)
+    workdir = train_eval.check_workdir(workdir, make_parents=make_parents)
+    split = str(config.study.split)
+    cohort_dirs = {name: cohorts.get_cohort(vconfig) for name, vconfig in configs.items()}
+    for name in names:  # fail on a missing split before hours of training
+        cohorts.split_records(cohort_dirs[name], split)
+    os.makedirs(workdir, exist_ok=True)
+    _say(stream, f"[study] {len(names)} variant(s) on split {split}: {', '.join(names)}")
+    runs = {}
+    for i, name in enumerate(names):
+        runs[name] = run_variant(name, configs[name], os.path.join(workdir, name), split,
+                                 cohort_dirs[name], index=i + 1, total=len(names),
+                                 stream=stream)
+    result = combine(runs, configs, pairs, split=split,
+                     reference=str(config.study.get("reference", "")))
+    out_dir = os.path.join(workdir, COMPARISON_DIR)
+    write_outputs(result, runs, configs, cohort_dirs, out_dir, config=config)
+    _say(stream, f"[study] wrote {out_dir}")
+    return result
+
+
+def combine(runs: Mapping[str, dict], configs: Mapping, pairs: Sequence[tuple[str, str]], *,
+            split: str, reference: str) -> dict:
+    """Summaries of every variant and the paired Wilcoxon tests, as metrics.json holds them."""
+    models = {}
+    for name, run in runs.items():
+        vconfig = configs[name]
+        models[name] = {
+            "model": run["model"], "inputs": list(vconfig.data.input_channels),
+            "targets": list(vconfig.data.target_channels),
+            "context_slices": int(vconfig.data.context_slices),
+            "stages": list(vconfig.stages), "eval": run["metrics_path"],
+            "num_subjects": len(run["per_subject"]),
+            "summary": evaluation.aggregate(run["per_subject"]),
+            "per_subject": run["per_subject"]}
+    tests = []
+    for a, b in pairs:
+        tests.append({"a": a, "b": b, "results": evaluation.compare_models(
+            runs[a]["per_subject"], runs[b]["per_subject"])})
+    first = next(iter(models.values()))["summary"]
+    return {"split": split, "reference": reference, "variants": list(runs),
+            "pairs": [list(p) for p in pairs], "models": models, "wilcoxon": tests,
+            "std": "sample (ddof = 1)", "test": "Wilcoxon signed-rank, paired over subjects, "
+            "two-sided (qsnet_jax.evaluation.paired_wilcoxon)",
+            "convention": evaluation.convention_text(first)}
+
+
+def write_outputs(result, runs, configs, cohort_dirs, out_dir: str, *, config):
+    """report.md, metrics.json, metrics.csv and figures/ into ``out_dir``, all at once."""
+    title = str(config.study.get("title", "") or "Model comparison")
+    count = int(config.study.get("num_figure_subjects", 2))
+    with io.staged_dir(out_dir, if_exists="replace") as staging:
+        io.write_text(os.path.join(staging, "metrics.json"),
+                      json.dumps(evaluation.jsonable(result), indent=2, allow_nan=False))
+        io.write_text(os.path.join(staging, "metrics.csv"), reports.study_csv(result))
+        io.write_text(os.path.join(staging, "report.md"),
+                      reports.study_markdown(result, title=title))
+        os.makedirs(os.path.join(staging, "figures"))
+        for subject, png in reports.comparison_figures(runs, configs, cohort_dirs,
+                                                       result["split"], count).items():
+            io.write_bytes(os.path.join(staging, "figures", f"{subject}.png"), png)
