@@ -76,6 +76,10 @@ def test_projection_then_reconstruction_recovers_to_the_basis_energy(fingerprint
     rebuilt = subspace.reconstruct(subspace.project(phased, basis), basis)
     lost = np.sum(np.abs(phased - rebuilt) ** 2) / np.sum(np.abs(phased) ** 2)
     assert lost == pytest.approx(1.0 - energy, rel=2e-2, abs=1e-7)
+    # and the basis of the phased (complex) dictionary is the same subspace
+    complex_basis, complex_energy = subspace.temporal_basis(phased, RANK)
+    assert complex_energy == pytest.approx(energy, abs=1e-9)
+    np.testing.assert_allclose(projector(complex_basis), projector(basis), atol=2e-5)
     # held-out tissues (between the grid points): the residual of the NumPy SVD basis
     ref_basis, _ = numpy_reference(grid, RANK)
     ref_rebuilt = held @ ref_basis.conj() @ ref_basis.T
