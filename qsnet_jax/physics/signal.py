@@ -5,7 +5,10 @@ All times are in milliseconds, flip angles in degrees, PD relative. The function
 physics baseline model and the tests share one implementation.
 
 Site A / site B values are docs/design.md section 5: two vendors' protocols, so that weighted
-*inputs* differ between sites while quantitative maps do not.
+*inputs* differ between sites while quantitative maps do not. Each Protocol also carries the
+acquisition a scanner really runs (`sequence`: turbo spin echo or MPRAGE parameters,
+`qsnet_jax.physics.sequences`, docs/design.md section 8); the textbook fields (kind, TR, TE,
+TI, flip) and `synthesize` stay what the physics baseline evaluates.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import math
 
 import jax.numpy as jnp
 
+from qsnet_jax.physics.sequences import MPRAGEParams, TSEParams
+
 # Reversible dephasing rate R2' (1/ms) used to turn T2 into T2* when no tissue-specific value
 # is known: 1/T2* = 1/T2 + R2'. About 6 /s, typical of brain parenchyma at 3 T.
 DEFAULT_R2_PRIME_PER_MS = 0.006
@@ -22,7 +27,8 @@ DEFAULT_R2_PRIME_PER_MS = 0.006
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
-    """One weighted acquisition. kind: spin_echo | inversion_recovery | gre."""
+    """One weighted acquisition. kind: spin_echo | inversion_recovery | gre (the textbook
+    equation `synthesize` uses). sequence: the simulated acquisition (None: textbook only)."""
 
     contrast: str
     kind: str
@@ -30,6 +36,7 @@ class Protocol:
     te_ms: float
     ti_ms: float = 0.0
     flip_deg: float = 90.0
+    sequence: TSEParams | MPRAGEParams | None = None
 
 
 def spin_echo(pd, t1_ms, t2_ms, tr_ms, te_ms):
@@ -89,23 +96,46 @@ def _positive(t_ms):
 # 2500 / 2800 ms would leave CSF at about 16% / 7% of white matter, not nulled.
 CSF_T1_MS = 4163.0
 
+# The simulated acquisitions (docs/design.md section 8). Site A is Siemens-like: MPRAGE T1w,
+# refocusing 150 degrees, stronger MT (more slices per TR); site B GE-like: multi-slice
+# spin-echo T1w, refocusing 130 degrees, weaker MT. TE_eff = (centre_echo + 1) ESP equals the
+# textbook TE. The MPRAGE site keeps its textbook spin-echo fields for the physics baseline.
+_MPRAGE_A = MPRAGEParams(flip_deg=9.0, readout_tr_ms=7.0, num_readouts=176, ti_ms=900.0,
+                         shot_tr_ms=2300.0, centre_readout=88, te_ms=3.0)
+
 SITE_PROTOCOLS = {
     "A": {
-        "t1w": Protocol("t1w", "spin_echo", tr_ms=500.0, te_ms=10.0),
-        "t2w": Protocol("t2w", "spin_echo", tr_ms=5000.0, te_ms=100.0),
+        "t1w": Protocol("t1w", "spin_echo", tr_ms=500.0, te_ms=10.0, sequence=_MPRAGE_A),
+        "t2w": Protocol("t2w", "spin_echo", tr_ms=5000.0, te_ms=100.0,
+                        sequence=TSEParams(esp_ms=10.0, etl=16, refocus_deg=150.0,
+                                           centre_echo=9, mt_w_per_s=2.5)),
         "t1flair": Protocol("t1flair", "inversion_recovery", tr_ms=2000.0, te_ms=10.0,
-                            ti_ms=800.0),
+                            ti_ms=800.0,
+                            sequence=TSEParams(esp_ms=10.0, etl=4, refocus_deg=150.0,
+                                               centre_echo=0, ordering="centric",
+                                               mt_w_per_s=1.5)),
         "t2flair": Protocol("t2flair", "inversion_recovery", tr_ms=9000.0, te_ms=120.0,
-                            ti_ms=round(csf_null_ti(CSF_T1_MS, 9000.0))),
+                            ti_ms=round(csf_null_ti(CSF_T1_MS, 9000.0)),
+                            sequence=TSEParams(esp_ms=12.0, etl=20, refocus_deg=150.0,
+                                               centre_echo=9, mt_w_per_s=2.0)),
         "swi": Protocol("swi", "gre", tr_ms=30.0, te_ms=20.0, flip_deg=15.0),
     },
     "B": {
-        "t1w": Protocol("t1w", "spin_echo", tr_ms=650.0, te_ms=12.0),
-        "t2w": Protocol("t2w", "spin_echo", tr_ms=4000.0, te_ms=85.0),
+        "t1w": Protocol("t1w", "spin_echo", tr_ms=650.0, te_ms=12.0,
+                        sequence=TSEParams(esp_ms=12.0, etl=1, refocus_deg=180.0,
+                                           centre_echo=0, mt_w_per_s=0.5)),
+        "t2w": Protocol("t2w", "spin_echo", tr_ms=4000.0, te_ms=85.0,
+                        sequence=TSEParams(esp_ms=8.5, etl=20, refocus_deg=130.0,
+                                           centre_echo=9, mt_w_per_s=1.5)),
         "t1flair": Protocol("t1flair", "inversion_recovery", tr_ms=2500.0, te_ms=12.0,
-                            ti_ms=1000.0),
+                            ti_ms=1000.0,
+                            sequence=TSEParams(esp_ms=12.0, etl=6, refocus_deg=130.0,
+                                               centre_echo=0, ordering="centric",
+                                               mt_w_per_s=0.8)),
         "t2flair": Protocol("t2flair", "inversion_recovery", tr_ms=11000.0, te_ms=100.0,
-                            ti_ms=round(csf_null_ti(CSF_T1_MS, 11000.0))),
+                            ti_ms=round(csf_null_ti(CSF_T1_MS, 11000.0)),
+                            sequence=TSEParams(esp_ms=10.0, etl=24, refocus_deg=130.0,
+                                               centre_echo=9, mt_w_per_s=1.2)),
         "swi": Protocol("swi", "gre", tr_ms=35.0, te_ms=25.0, flip_deg=15.0),
     },
 }
