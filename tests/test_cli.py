@@ -33,6 +33,15 @@ def test_missing_config_file(tmp_path):
     assert result.stderr.strip() == "main.py: error: config file not found: configs/no_such_file.py"
 
 
+def test_unknown_size_is_one_line(tmp_path):
+    result = run_main("--config=configs/default.py:huge", f"--workdir={tmp_path / 'w'}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown config size 'huge'; known: tiny, quick, paper" in \
+        lines[0], result.stderr
+    assert not (tmp_path / "w").exists()
+
+
 def test_missing_workdir_parent(tmp_path):
     result = run_main("--config=configs/default.py:tiny", f"--workdir={tmp_path}/missing/run")
     assert result.returncode == 2

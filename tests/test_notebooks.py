@@ -87,11 +87,17 @@ def test_project_references_resolve(name):
         assert hasattr(module, attribute), f"{name}: {module_name} has no {attribute!r}"
         bound[alias] = getattr(module, attribute)
     assert bound, f"{name} imports nothing from the project"
+    # notebooks use the library and the workflow, never the command-line entry points,
+    # and only public names
+    for alias, module_name, attribute in _project_imports(tree):
+        assert not module_name.startswith("experiments"), f"{name} imports {module_name}"
+        assert not (attribute or alias).startswith("_"), f"{name} imports {attribute}"
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
                 node.value.id in bound:
             assert hasattr(bound[node.value.id], node.attr), \
                 f"{name}: {node.value.id}.{node.attr} does not exist"
+            assert not node.attr.startswith("_"), f"{name}: {node.value.id}.{node.attr}"
     for size in ("quick", "tiny", "paper"):
         importlib.import_module("configs.default").get_config(size)
 

@@ -60,3 +60,10 @@ def test_physics_fit_is_an_ordinary_checkpoint(tmp_path, tiny_cohort, capsys):
     assert train_eval.run(config, str(workdir)) == []
     assert "already fitted" in capsys.readouterr().out
     assert sorted(os.listdir(stage_dir / "checkpoints")) == ["0"]
+
+    # a fit interrupted after its checkpoint (no done.json) is redone over it
+    os.remove(stage_dir / "done.json")
+    assert train_eval.run(config, str(workdir)) == []
+    _, _, refitted = load_generator(str(workdir))
+    np.testing.assert_allclose(np.asarray(refitted["params"]["contrast_scale"]), expected,
+                               rtol=1e-4)

@@ -17,6 +17,7 @@ import pytest
 
 from configs import ablations, cgan, compare, default, generalization, physics, resunet, swin
 from qsnet_jax import evaluation
+from workflow import overrides
 from workflow import studies as study
 from workflow.errors import UserError
 
@@ -28,12 +29,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_parse_and_apply_overrides():
     config = default.get_config()
-    study.apply_override(config, "model.name=resunet")
-    study.apply_override(config, "model.deep_supervision=False")
-    study.apply_override(config, "optim.ema_decay=0")
-    study.apply_override(config, "data.input_channels=t1map,t2map")
-    study.apply_override(config, "stages=('finetune',)")
-    study.apply_override(config, "finetune.steps=7")
+    overrides.apply_override(config, "model.name=resunet")
+    overrides.apply_override(config, "model.deep_supervision=False")
+    overrides.apply_override(config, "optim.ema_decay=0")
+    overrides.apply_override(config, "data.input_channels=t1map,t2map")
+    overrides.apply_override(config, "stages=('finetune',)")
+    overrides.apply_override(config, "finetune.steps=7")
     assert config.model.name == "resunet" and config.model.deep_supervision is False
     assert config.optim.ema_decay == 0.0 and isinstance(config.optim.ema_decay, float)
     assert config.data.input_channels == ("t1map", "t2map")
@@ -45,7 +46,7 @@ def test_parse_and_apply_overrides():
                        ("model.deep_supervision=3", "is a bool"),
                        ("no equals sign!", "bad override")]:
         with pytest.raises(UserError, match=re.escape(words)):
-            study.apply_override(config, bad)
+            overrides.apply_override(config, bad)
 
 
 @pytest.mark.parametrize("variant, module", [("resunet", resunet), ("pix2pix", cgan),
@@ -53,12 +54,12 @@ def test_parse_and_apply_overrides():
 def test_variant_equals_its_config_module(variant, module):
     # paper size: the variant is exactly configs/<module>.py
     built = study.variant_config(compare.get_config(), variant)
-    assert study.flatten(built) == study.flatten(module.get_config())
+    assert overrides.flatten(built) == overrides.flatten(module.get_config())
     # tiny study: the module's edit applied to the tiny base; data, sizes and steps stay
     tiny = compare.get_config("tiny")
-    built = study.flatten(study.variant_config(tiny, variant))
-    assert built == study.flatten(module.apply(compare.study_base("tiny")))
-    base = study.flatten(study.base_config(tiny))
+    built = overrides.flatten(study.variant_config(tiny, variant))
+    assert built == overrides.flatten(module.apply(compare.study_base("tiny")))
+    base = overrides.flatten(study.base_config(tiny))
     assert built["model.name"] != base["model.name"]
     for key, value in built.items():
         kept = key.split(".")[0] in ("data", "train", "eval") or key in (

@@ -1,9 +1,9 @@
 """Writing a cohort: NIfTI files, manifest.csv, atomic build, and the cached `ensure_cohort`.
 
-A cohort is built in a temporary sibling folder (DIR.tmp-XXXX) and renamed onto DIR only when
-complete, so an interrupted build never leaves a folder that looks like a cohort. Renaming
-onto an existing non-empty folder fails on POSIX: two processes racing to build the same
-cached cohort both finish, one rename wins and the loser uses the winner's result.
+A cohort is built in a temporary sibling folder and renamed onto DIR only when complete
+(qsnet_jax.io.staged_dir), so an interrupted build never leaves a folder that looks like a
+cohort. Two processes racing to build the same cached cohort both finish; the first rename
+wins and the loser uses the winner's result.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ import csv
 import gzip
 import io
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import nibabel as nib
@@ -22,6 +20,7 @@ import numpy as np
 
 from data_pipelines.phantom import simulate
 from data_pipelines.phantom.presets import Preset, resolve_preset
+from qsnet_jax.io import staged_dir
 
 MANIFEST_COLUMNS = ("subject", "group", "site", "split", "t1map", "t2map", "pdmap", "t1w",
                     "t2w", "t1flair", "t2flair", "swi", "brain_mask", "labels")
@@ -114,32 +113,14 @@ def build_into(root: str, preset: Preset, seed: int, *, log=None) -> None:
 
 def build_cohort(out_dir: str, preset: Preset | str, seed: int = 0, *, overwrite=False,
                  log=None) -> str:
-    """Build a cohort atomically at `out_dir`; returns its path.
+    """Build a cohort atomically at `out_dir` (qsnet_jax.io.staged_dir); returns its path.
 
     Raises FileExistsError when `out_dir` exists and is not empty, unless `overwrite`.
     """
     preset = resolve_preset(preset) if isinstance(preset, str) else preset
     out_dir = os.path.abspath(os.path.expanduser(out_dir))
-    if _non_empty(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty (use --overwrite)")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
-    try:
+    with staged_dir(out_dir, if_exists="replace" if overwrite else "error") as tmp:
         build_into(tmp, preset, seed, log=log)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        if os.path.exists(out_dir):
-            if not overwrite and _non_empty(out_dir):
-                raise FileExistsError(f"{out_dir} appeared during the build; not replaced")
-            trash = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".old-", dir=parent)
-            os.rename(out_dir, os.path.join(trash, "cohort"))
-            os.rename(tmp, out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -155,24 +136,12 @@ def cohort_path(preset: str, seed: int, cache_dir: str) -> str:
 def ensure_cohort(preset: str, seed: int, cache_dir: str, *, log=None) -> str:
     """The phantom cohort `preset` with `seed` under `cache_dir` (cache_dir/<preset>-seed<seed>),
     built atomically the first time. Safe when several processes race: each builds into its
-    own temporary folder, the first rename wins, the others discard theirs."""
+    own temporary folder, the first to finish wins, the others discard theirs."""
     path = cohort_path(preset, seed, cache_dir)
     if os.path.isfile(os.path.join(path, "manifest.csv")):
         return path
-    resolved = resolve_preset(preset)
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
-    try:
-        build_into(tmp, resolved, seed, log=log)
-        os.chmod(tmp, 0o755)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not os.path.isfile(os.path.join(path, "manifest.csv")):
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with staged_dir(path, if_exists="keep") as tmp:
+        build_into(tmp, resolve_preset(preset), seed, log=log)
+    if not os.path.isfile(os.path.join(path, "manifest.csv")):
+        raise FileExistsError(f"{path} exists but holds no manifest.csv: remove it")
     return path

@@ -18,6 +18,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from qsnet_jax import models
 from qsnet_jax.train.state import TrainState
 
 CHECKPOINTS = "checkpoints"
@@ -72,6 +73,8 @@ def save_generator(stage_dir: str, step: int, variables: dict, meta: dict):
     item = {"params": params, "ema_params": params, "collections": collections}
     manager = ocp.CheckpointManager(os.path.join(os.path.abspath(stage_dir), CHECKPOINTS),
                                     options=_options(1), item_names=("generator", "meta"))
+    if step in manager.all_steps():  # a fit interrupted before its stage was marked done
+        manager.delete(step)
     manager.save(step, args=ocp.args.Composite(generator=ocp.args.StandardSave(item),
                                                meta=ocp.args.JsonSave(meta)), force=True)
     manager.wait_until_finished()
@@ -178,8 +181,6 @@ def load_generator(path: str, *, use_ema: bool = True):
     `path`: a work dir (its last trained stage), a stage dir (its best checkpoint if there
     is one, else its latest), or a checkpoint step dir.
     """
-    from qsnet_jax import models  # noqa: PLC0415 (the models import only what they need)
-
     step_dir = resolve_checkpoint(path, prefer_best=True)
     config = config_from_meta(read_meta(step_dir))
     module = build_generator_from_config(models, config)
