@@ -21,7 +21,8 @@ DESIGN_PROTOCOLS = {
     "B": {"t1w": ("spin_echo", 650.0, 12.0, 0.0, 90.0),
           "t2w": ("spin_echo", 4000.0, 85.0, 0.0, 90.0),
           "t1flair": ("inversion_recovery", 2500.0, 12.0, 1000.0, 90.0),
-          "t2flair": ("inversion_recovery", 11000.0, 100.0, 2600.0, 90.0),
+          # the design rounds the CSF-null TI to 2600; the protocol uses the exact 2599 ms
+          "t2flair": ("inversion_recovery", 11000.0, 100.0, 2599.0, 90.0),
           "swi": ("gre", 35.0, 25.0, 0.0, 15.0)},
 }
 # (PD, T1 ms, T2 ms): design section 5 tissue table, mid-range.
