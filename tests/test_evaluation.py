@@ -260,7 +260,8 @@ def test_evaluate_run_writes_scores_tables_and_figures(tmp_path):
     expected = metrics.score_volume(prediction, target, subject.brain_mask, subject.labels,
                                     channel_names=tuple(config.data.target_channels))
     for contrast, scores in expected.items():
-        assert set(scores) == {"mae", "ssim", "psnr", "mae_tumor", "ssim_tumor", "psnr_tumor"}
+        assert set(scores) == {"mae", "ssim", "psnr", "mae_tumor", "ssim_tumor", "psnr_tumor",
+                               "mae_healthy", "ssim_healthy", "psnr_healthy", "nmi"}
         for key, value in scores.items():
             assert saved["per_subject"]["g1"][contrast][key] == pytest.approx(value, abs=1e-5)
     assert "mae_tumor" not in saved["per_subject"]["g2"]["t1w"]
@@ -269,7 +270,7 @@ def test_evaluate_run_writes_scores_tables_and_figures(tmp_path):
     assert summary["mean"] == pytest.approx(np.mean(values))
     assert summary["std"] == pytest.approx(np.std(values, ddof=1))
     rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert len(rows) == 2 * 5 + 5  # brain rows for both, tumor rows for g1
+    assert len(rows) == 2 * 5 + 2 * 5  # brain rows for both, tumor and healthy rows for g1
     report = (out / "report.md").read_text()
     assert "| Contrast | MAE (×100) brain |" in report and "| T2-FLAIR |" in report
     assert "ddof = 1" in report and "2 subjects (brain), 1 subject (tumor)" in report
