@@ -55,6 +55,8 @@ SIZE_CHANGES = {
         "train.image_every_steps": 6, "train.checkpoint_every_steps": 3,
         "train.eval_max_subjects": 1,
         "eval.batch_size": 8, "eval.num_figure_subjects": 1,
+        "uncertainty.steps": 4, "uncertainty.width": 4,
+        "segmentation.steps": 4, "segmentation.width": 4, "segmentation.levels": 2,
     },
 }
 
@@ -211,6 +213,37 @@ def paper_config() -> ml_collections.ConfigDict:
     ev.num_figure_subjects = 3
     ev.use_ema = True
     ev.after_each_stage = True
+
+    # ------------------------------------------------------- uncertainty
+    # Per-voxel intervals y_hat +- q sigma for every synthesized contrast (qsnet_jax.uncertainty,
+    # workflow.uncertainty): sigma from `method`, q by split-conformal calibration on
+    # `calibration_split` (held-out subjects, never the test split), at coverage `level`.
+    # Fitted on first use into <stage>/uncertainty/; evaluate scores it, synthesize writes
+    # <contrast>_uncertainty.nii.gz (the half-width). A cohort without the calibration split
+    # gets no intervals (a note in the report).
+    config.uncertainty = unc = ml_collections.ConfigDict()
+    unc.enabled = True
+    unc.method = "residual_net"  # residual_net | flip | constant
+    unc.level = 0.9
+    unc.calibration_split = "gbm_calib"
+    unc.fit_splits = ()  # splits whose residuals train the scale net; empty: the stage's
+    unc.steps = 400
+    unc.batch_size = 16
+    unc.learning_rate = 2e-3
+    unc.width = 16
+
+    # ------------------------------------------- downstream segmentation
+    # BraSyn's utility score: a small U-Net trained on the ground-truth contrasts of
+    # `train_splits` with the cohort's labels, applied to the ground-truth and synthesized
+    # contrasts of the evaluated split; Dice per sub-region (qsnet_jax.models.segmenter).
+    config.segmentation = seg = ml_collections.ConfigDict()
+    seg.enabled = True
+    seg.train_splits = ("healthy_train", "gbm_train")  # those absent from a cohort are skipped
+    seg.steps = 300
+    seg.batch_size = 8
+    seg.learning_rate = 2e-3
+    seg.width = 16
+    seg.levels = 3
 
     # ------------------------------------------------------------- mesh
     config.mesh = mesh = ml_collections.ConfigDict()

@@ -30,8 +30,13 @@ CONTRAST_TITLES = {
     "t1w": "T1w", "t2w": "T2w", "t1flair": "T1-FLAIR", "t2flair": "T2-FLAIR", "swi": "SWI",
     "t1map": "T1 map", "t2map": "T2 map", "pdmap": "PD map",
 }
-METRIC_TITLES = {"mae": "MAE (×100)", "ssim": "SSIM", "psnr": "PSNR (dB)"}
-METRIC_DECIMALS = {"mae": 2, "ssim": 3, "psnr": 2}
+METRIC_TITLES = {"mae": "MAE (×100)", "ssim": "SSIM", "psnr": "PSNR (dB)", "nmi": "NMI",
+                 "coverage": "coverage", "width": "width (×100)", "spearman": "Spearman"}
+METRIC_DECIMALS = {"mae": 2, "ssim": 3, "psnr": 2, "nmi": 3, "coverage": 3, "width": 2,
+                   "spearman": 2}
+# The paper's three scores per region, then NMI (whole brain only): the default table.
+TABLE_METRICS = METRIC_NAMES + ("nmi",)
+UNCERTAINTY_METRICS = ("coverage", "width", "spearman")
 WILCOXON_MIN_N = 6  # below this a two-sided exact test cannot reach p < 0.05
 
 
@@ -98,6 +103,9 @@ def score_rows(per_subject: Mapping[str, Mapping[str, Mapping[str, float]]],
 
 
 def format_mean_std(mean: float, std: float, metric: str) -> str:
+    """``mean ± std`` at the metric's decimals; None (NaN read back from JSON) counts as NaN."""
+    mean = float("nan") if mean is None else mean
+    std = float("nan") if std is None else std
     decimals = METRIC_DECIMALS.get(metric, 3)
     if not math.isfinite(mean):
         return str(mean)
@@ -107,7 +115,7 @@ def format_mean_std(mean: float, std: float, metric: str) -> str:
 
 
 def markdown_table(summaries_by_model: Mapping[str, Mapping], *,
-                   metrics: Sequence[str] = METRIC_NAMES,
+                   metrics: Sequence[str] = TABLE_METRICS,
                    regions: Sequence[str] = REGIONS,
                    contrasts: Sequence[str] | None = None,
                    bold_best: bool = True) -> str:
@@ -127,7 +135,7 @@ def markdown_table(summaries_by_model: Mapping[str, Mapping], *,
                if any(metric_key(m, r) in s.get(c, {})
                       for s in summaries_by_model.values() for c in contrasts)]
     several = len(models) > 1
-    region_title = {"brain": "brain", "tumor": "tumor"}
+    region_title = {"brain": "brain", "tumor": "tumor", "healthy": "healthy"}
     header = ["Contrast"] + (["Model"] if several else [])
     header += [f"{METRIC_TITLES.get(m, m)} {region_title.get(r, r)}" for m, r in columns]
     lines = ["| " + " | ".join(header) + " |",
@@ -137,7 +145,7 @@ def markdown_table(summaries_by_model: Mapping[str, Mapping], *,
         for m, r in columns:
             means = [s[contrast][metric_key(m, r)]["mean"] for s in summaries_by_model.values()
                      if metric_key(m, r) in s.get(contrast, {})]
-            means = [v for v in means if math.isfinite(v)]
+            means = [v for v in means if v is not None and math.isfinite(v)]
             if means:
                 best[(m, r)] = max(means) if HIGHER_IS_BETTER.get(m, True) else min(means)
         for model in models:
@@ -149,7 +157,8 @@ def markdown_table(summaries_by_model: Mapping[str, Mapping], *,
                     cells.append("–")
                     continue
                 text = format_mean_std(entry[key]["mean"], entry[key]["std"], m)
-                if several and bold_best and entry[key]["mean"] == best.get((m, r)):
+                if several and bold_best and m in HIGHER_IS_BETTER and \
+                        entry[key]["mean"] == best.get((m, r)):
                     text = f"**{text}**"
                 cells.append(text)
             lines.append("| " + " | ".join(cells) + " |")

@@ -25,6 +25,8 @@ from matplotlib.patches import Rectangle
 from qsnet_jax.evaluation import contrast_title
 
 ERROR_VMAX = 0.25  # absolute-error colour scale, in units of the normalized range
+# The uncertainty row shows the interval half-width on the error row's scale: a calibrated
+# half-width should look like the error map where the model errs, and be no darker.
 PANEL_INCHES = 2.0
 LABEL_COLORS = ListedColormap(["#00000000", "#e41a1c", "#ffd92f", "#4daf4a"])  # 0 1 2 3
 
@@ -102,13 +104,16 @@ def _prepare(volume, brain_mask, z):
 def subject_figure(inputs, targets, prediction, brain_mask, labels=None, *,
                    input_names: Sequence[str], contrast_names: Sequence[str],
                    title: str = "", z: int | None = None,
-                   error_vmax: float = ERROR_VMAX) -> Figure:
+                   error_vmax: float = ERROR_VMAX, uncertainty=None,
+                   uncertainty_label: str = "interval half-width") -> Figure:
     """One subject: input maps; then per contrast ground truth, synthesized, |error|.
 
     ``inputs`` ``[X, Y, Z, C_in]``, ``targets``/``prediction`` ``[X, Y, Z, C_out]`` (all
     normalized), ``brain_mask`` and optional ``labels`` ``[X, Y, Z]``. Rows: inputs (plus the
-    tumor labels), ground truth, synthesized, absolute error; with a tumor three more rows
-    zoomed on the lesion (its box drawn on the full-size rows).
+    tumor labels), ground truth, synthesized, absolute error; with ``uncertainty`` (the
+    interval half-width ``[X, Y, Z, C_out]``) one more row next to the error, on the error's
+    colour scale, where voxels whose error the interval misses are marked in cyan; with a
+    tumor the same rows again, zoomed on the lesion (its box drawn on the full-size rows).
     """
     brain_mask = np.asarray(brain_mask)
     if z is None:
@@ -123,7 +128,12 @@ def subject_figure(inputs, targets, prediction, brain_mask, labels=None, *,
     has_label_panel = shown_labels is not None and np.any(shown_labels > 0)
     num_cols = max(num_contrasts, len(input_names) + int(has_label_panel))
     row_names = ["ground truth", "synthesized", "|error|"]
-    num_rows = 1 + 3 + (3 if box is not None else 0)
+    shown_widths = None
+    if uncertainty is not None:
+        shown_widths = _prepare(uncertainty, brain_mask, z)
+        row_names.append(uncertainty_label)
+    per_view = len(row_names)
+    num_rows = 1 + per_view * (2 if box is not None else 1)
     fig = Figure(figsize=(PANEL_INCHES * num_cols + 0.8, PANEL_INCHES * num_rows + 0.4),
                  layout="constrained")
     FigureCanvasAgg(fig)
@@ -143,34 +153,55 @@ def subject_figure(inputs, targets, prediction, brain_mask, labels=None, *,
                   vmax=3.5, interpolation="nearest", alpha=0.6)
 
     error_artist = None
+    mask = display(brain_mask[:, :, z] > 0)
     for c, name in enumerate(contrast_names):
         error = np.abs(shown_preds[c] - shown_targets[c])
         panels = [shown_targets[c], shown_preds[c], error]
+        missed = None
+        if shown_widths is not None:
+            panels.append(shown_widths[c])
+            missed = (error > shown_widths[c]) & mask  # outside the interval
         for r, image in enumerate(panels):
+            is_map = r >= 2  # |error| and half-width share the colour scale
+            style = dict(cmap="inferno" if is_map else "gray",
+                         vmax=error_vmax if is_map else 1.0)
             ax = axes[1 + r, c]
             ax.set_visible(True)
-            is_error = r == 2
-            artist = _image(ax, image, cmap="inferno" if is_error else "gray",
-                            vmax=error_vmax if is_error else 1.0,
-                            title=contrast_title(name) if r == 0 else None, box=box)
-            if is_error:
+            artist = _image(ax, image, title=contrast_title(name) if r == 0 else None,
+                            box=box, **style)
+            if r == 3:
+                _mark_missed(ax, missed)
+            if r == 2:
                 error_artist = artist
             if box is not None:
-                zoom = axes[4 + r, c]
+                zoom = axes[1 + per_view + r, c]
                 zoom.set_visible(True)
-                _image(zoom, _crop(image, box), cmap="inferno" if is_error else "gray",
-                       vmax=error_vmax if is_error else 1.0)
+                _image(zoom, _crop(image, box), **style)
+                if r == 3:
+                    _mark_missed(zoom, _crop(missed, box))
     for r, name in enumerate(row_names):
         axes[1 + r, 0].set_ylabel(name, fontsize=9)
         if box is not None:
-            axes[4 + r, 0].set_ylabel(f"{name} (lesion zoom)", fontsize=9)
+            axes[1 + per_view + r, 0].set_ylabel(f"{name} (lesion zoom)", fontsize=9)
     if error_artist is not None:
-        error_axes = [axes[3, c] for c in range(num_contrasts)]
+        map_rows = [3] + ([4] if shown_widths is not None else [])
         if box is not None:
-            error_axes += [axes[6, c] for c in range(num_contrasts)]
-        fig.colorbar(error_artist, ax=error_axes, shrink=0.8, label="|error| (normalized)")
+            map_rows += [row + per_view for row in map_rows]
+        error_axes = [axes[row, c] for row in map_rows for c in range(num_contrasts)]
+        label = "|error|, half-width (normalized)" if shown_widths is not None else \
+            "|error| (normalized)"
+        fig.colorbar(error_artist, ax=error_axes, shrink=0.8, label=label)
     fig.suptitle(f"{title}  (axial slice z = {z})".strip(), fontsize=11)
     return fig
+
+
+def _mark_missed(ax, missed):
+    """Cyan dots on the voxels whose |error| exceeds the interval half-width."""
+    if missed is None or not np.any(missed):
+        return
+    rows, cols = np.nonzero(missed)
+    ax.autoscale(False)  # keep the image's extent
+    ax.scatter(cols, rows, s=1.5, c="#00ffff", marker="s", linewidths=0)
 
 
 def comparison_figure(targets, predictions_by_model: Mapping[str, np.ndarray], brain_mask,

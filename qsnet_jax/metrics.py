@@ -12,9 +12,16 @@ the background (outside the brain mask) set to 0 in prediction and target:
   The map equals ``skimage.metrics.structural_similarity(a, b, gaussian_weights=True,
   sigma=1.5, use_sample_covariance=False, data_range=1, full=True)[1]`` slice by slice.
   (scikit-image's own mean crops a 5-pixel border instead of using a mask.)
-- ``*_tumor``: the same three scores restricted to the whole-tumor mask (labels > 0, inside
-  the brain mask), present only when the label map holds tumor voxels. The SSIM map is still
-  computed on whole slices; only the average is restricted.
+- Regions: ``*_tumor`` restricts the three scores to the whole-tumor mask (labels > 0,
+  inside the brain mask) and ``*_healthy`` to healthy tissue (brain mask minus tumor); both
+  are present only when the label map holds tumor voxels. SSIM in a region is the mean of the
+  SSIM map (computed on whole slices, as above) over that region's voxels.
+- NMI: normalized mutual information (H(pred) + H(target)) / H(pred, target) of the
+  brain-mask voxels (Studholme 1999; 1 = independent, 2 = identical up to a one-to-one
+  relabeling), from a joint histogram of 100 x 100 equal bins over the data range [0, 1];
+  whole brain only (key ``nmi``). Equals ``skimage.metrics.normalized_mutual_information``
+  on the brain voxels when both hold the values 0 and 1 (scikit-image bins over each image's
+  own min..max; the fixed range keeps subjects comparable).
 
 The SSIM map is computed with JAX (jitted, vectorized over slices and contrasts) in float64
 on the host CPU: the variance terms E[x^2] - E[x]^2 cancel badly in float32 in flat regions
@@ -37,9 +44,10 @@ SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 DATA_RANGE = 1.0
 METRIC_NAMES = ("mae", "ssim", "psnr")
-REGIONS = ("brain", "tumor")
+REGIONS = ("brain", "tumor", "healthy")
+NMI_BINS = 100
 # Higher is better for these; MAE is lower-is-better.
-HIGHER_IS_BETTER = {"mae": False, "ssim": True, "psnr": True}
+HIGHER_IS_BETTER = {"mae": False, "ssim": True, "psnr": True, "nmi": True}
 
 CONVENTION = (
     "Scores per subject and contrast on normalized volumes (intensities in [0, 1], "
@@ -49,7 +57,10 @@ CONVENTION = (
     "SSIM: per axial slice, Gaussian window sigma 1.5 (11 taps), K1 0.01, K2 0.03, "
     "data range 1, population covariance (= skimage structural_similarity with "
     "gaussian_weights=True, use_sample_covariance=False), map averaged over brain-mask "
-    "voxels. Tumor: the same scores inside the whole-tumor mask (labels > 0).")
+    "voxels. Tumor: the same scores inside the whole-tumor mask (labels > 0); healthy: "
+    "inside brain minus tumor; SSIM of a region = mean of the SSIM map over its voxels. "
+    "NMI: (H(pred) + H(target)) / H(pred, target) over brain voxels, 100 x 100 bins on "
+    "[0, 1] (range 1-2).")
 
 
 def gaussian_window(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE) -> np.ndarray:
@@ -131,6 +142,29 @@ def masked_psnr(pred, target, mask, *, data_range: float = DATA_RANGE) -> float:
     return float(10.0 * np.log10(data_range**2 / mse))
 
 
+def normalized_mutual_information(pred, target, mask, *, bins: int = NMI_BINS,
+                                  data_range: float = DATA_RANGE) -> float:
+    """(H(pred) + H(target)) / H(pred, target) over ``mask`` voxels (1 to 2).
+
+    Joint histogram of ``bins`` x ``bins`` equal bins over [0, data_range] (values outside
+    fall into the end bins). Identical constant images (zero joint entropy) give 2.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    a = np.clip(np.asarray(pred, np.float64)[mask], 0.0, data_range)
+    b = np.clip(np.asarray(target, np.float64)[mask], 0.0, data_range)
+    joint, _, _ = np.histogram2d(a, b, bins=bins, range=[[0.0, data_range]] * 2)
+    joint /= joint.sum()
+    h_joint = _entropy(joint)
+    if h_joint == 0.0:
+        return 2.0
+    return float((_entropy(joint.sum(axis=1)) + _entropy(joint.sum(axis=0))) / h_joint)
+
+
+def _entropy(probabilities) -> float:
+    p = probabilities[probabilities > 0]
+    return float(-np.sum(p * np.log(p)))
+
+
 def _check_volumes(pred, target, brain_mask, labels):
     if pred.shape != target.shape:
         raise ValueError(f"prediction {pred.shape} and target {target.shape} differ in shape")
@@ -148,14 +182,15 @@ def _check_volumes(pred, target, brain_mask, labels):
 
 def score_volume(pred, target, brain_mask, labels=None, *,
                  channel_names: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
-    """Scores of one subject: ``{contrast: {"mae", "psnr", "ssim"[, "*_tumor"]}}``.
+    """Scores of one subject: ``{contrast: {"mae", "psnr", "ssim", "nmi"[, "*_tumor",
+    "*_healthy"]}}``.
 
     ``pred``/``target``: normalized volumes ``[X, Y, Z, C]`` (or ``[X, Y, Z]``, one contrast);
     ``brain_mask``: ``[X, Y, Z]``, nonzero inside the brain; ``labels``: optional tumor label
     map ``[X, Y, Z]`` (0 background). ``channel_names`` name the contrasts (default
     ``channel0``, ``channel1``, ...). The background outside the brain mask is set to 0 in
-    both volumes before scoring. The ``*_tumor`` keys appear when ``labels`` holds voxels
-    > 0 inside the brain mask.
+    both volumes before scoring. The ``*_tumor`` and ``*_healthy`` (brain minus tumor) keys
+    appear when ``labels`` holds voxels > 0 inside the brain mask.
     """
     pred = np.asarray(pred, dtype=np.float32)
     target = np.asarray(target, dtype=np.float32)
@@ -182,10 +217,13 @@ def score_volume(pred, target, brain_mask, labels=None, *,
     scores = {}
     for c, name in enumerate(channel_names):
         entry = {}
-        regions = [("", brain)] + ([("_tumor", tumor)] if tumor is not None else [])
+        regions = [("", brain)]
+        if tumor is not None:
+            regions += [("_tumor", tumor), ("_healthy", brain & ~tumor)]
         for suffix, region in regions:
             entry["mae" + suffix] = masked_mae(pred[..., c], target[..., c], region)
             entry["ssim" + suffix] = float(np.mean(ssim_maps[..., c][region]))
             entry["psnr" + suffix] = masked_psnr(pred[..., c], target[..., c], region)
+        entry["nmi"] = normalized_mutual_information(pred[..., c], target[..., c], brain)
         scores[name] = entry
     return scores

@@ -276,8 +276,9 @@ def test_evaluate_run_writes_scores_tables_and_figures(tmp_path):
             p[:, :, z], t[:, :, z], full=True, gaussian_weights=True, sigma=1.5,
             use_sample_covariance=False, data_range=1.0)[1] for z in range(p.shape[2])], 2)
         scores = saved["per_subject"]["g1"][contrast]
-        assert set(scores) == {"mae", "ssim", "psnr", "mae_tumor", "ssim_tumor", "psnr_tumor"}
-        for suffix, region in (("", brain), ("_tumor", tumor)):
+        assert set(scores) == {"mae", "ssim", "psnr", "mae_tumor", "ssim_tumor", "psnr_tumor",
+                               "mae_healthy", "ssim_healthy", "psnr_healthy", "nmi"}
+        for suffix, region in (("", brain), ("_tumor", tumor), ("_healthy", brain & ~tumor)):
             diff = p[region] - t[region]
             assert scores["mae" + suffix] == pytest.approx(np.abs(diff).mean() * 100, abs=1e-3)
             assert scores["psnr" + suffix] == pytest.approx(
@@ -289,7 +290,7 @@ def test_evaluate_run_writes_scores_tables_and_figures(tmp_path):
     assert summary["mean"] == pytest.approx(np.mean(values))
     assert summary["std"] == pytest.approx(np.std(values, ddof=1))
     rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert len(rows) == 2 * 5 + 5  # brain rows for both, tumor rows for g1
+    assert len(rows) == 2 * 5 + 2 * 5  # brain rows for both, tumor and healthy rows for g1
     report = (out / "report.md").read_text()
     assert "| Contrast | MAE (×100) brain |" in report and "| T2-FLAIR |" in report
     assert "ddof = 1" in report and "2 subjects (brain), 1 subject (tumor)" in report

@@ -1,12 +1,20 @@
 """Evaluate a trained generator on a cohort split: scores, tables and figures.
 
 Writes into WORKDIR/<stage>/eval/<split>/ (replacing an earlier evaluation at once):
-  metrics.json   per-subject scores, the aggregate (mean, sample std, n) and the convention
-  metrics.csv    one row per subject x contrast x region (brain, tumor)
+  metrics.json   per-subject scores, the aggregate (mean, sample std, n) and the convention;
+                 ``uncertainty``: interval coverage / width / Spearman per region, the
+                 conformal quantiles and the time against synthesis; ``segmentation``: the
+                 downstream Dice on ground-truth and synthesized contrasts
+  metrics.csv    one row per subject x contrast x region (brain, tumor, healthy)
   report.md      the paper-style table (rows contrasts; MAE / SSIM / PSNR, mean ± std;
-                 whole brain and tumor), the metric convention and the number of subjects
-  figures/<subject>.png  input maps, ground truth, synthesized, |error| per contrast, with a
-                 zoom on the lesion, for config.eval.num_figure_subjects subjects
+                 whole brain, tumor, healthy; NMI), the uncertainty and Dice tables, each
+                 with its convention and the number of subjects
+  figures/<subject>.png  input maps, ground truth, synthesized, |error| and the interval
+                 half-width per contrast, with a zoom on the lesion, for
+                 config.eval.num_figure_subjects subjects
+
+The uncertainty (config.uncertainty) and the segmenter (config.segmentation) are fitted on
+first use (workflow.uncertainty) and reused afterwards.
 
 `workflow.train_eval` calls `evaluate_run` after each stage.
 """
@@ -22,8 +30,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from qsnet_jax import evaluation, figures, inference, io, metrics
+from qsnet_jax import uncertainty as unc
+from qsnet_jax.models import segmenter
 from qsnet_jax.physics.channels import display_planes
-from workflow import cohorts, reports, synthesize
+from workflow import cohorts, reports, synthesize, uncertainty
 from workflow.errors import UserError
 
 EVAL_DIR = "eval"
@@ -57,25 +67,52 @@ def evaluate_run(config, stage_dir: str, split: str | None = None, *,
     num_figures = int(config.eval.num_figure_subjects)
 
     out_dir = os.path.join(stage_dir, EVAL_DIR, split)
+    unc_model, unc_note = uncertainty.uncertainty_for(config, stage_dir, predict_fn, root,
+                                                      stream=stream)
+    segment_fn, seg_meta = None, None
+    if uncertainty.enabled(config, "segmentation"):
+        segment_fn, seg_meta = uncertainty.fit_or_load_segmenter(
+            config, uncertainty.segmenter_dir(stage_dir), root, stream=stream)
     with io.staged_dir(out_dir, if_exists="replace") as staging:
-        per_subject = {}
+        per_subject, unc_per_subject, dice_per_subject = {}, {}, {}
+        timing = {"synthesis_s": 0.0, "uncertainty_s": 0.0}
         started = time.time()
         for i, record in enumerate(records):
             subject = cohorts.load_record(
                 root, record, channels=inputs + targets,
                 convert_seconds=bool(config.data.get("convert_seconds", False)),
                 resample=bool(config.data.get("resample", False)))
+            volume = synthesize.stack_inputs(subject, inputs)
+            tick = time.perf_counter()
             prediction = synthesize.synthesize_subject(
                 predict_fn, subject, input_channels=inputs, context_slices=context,
                 batch_size=int(config.eval.batch_size))
+            timing["synthesis_s"] += time.perf_counter() - tick
             target = synthesize.stack_inputs(subject, targets)
             labels = subject.labels if np.any(subject.labels > 0) else None
             per_subject[record.subject] = metrics.score_volume(
                 prediction, target, subject.brain_mask, labels, channel_names=targets)
+            half = None
+            if unc_model is not None:
+                tick = time.perf_counter()
+                half = unc_model.half_width(predict_fn, volume, prediction, subject.brain_mask,
+                                            batch_size=int(config.eval.batch_size),
+                                            context_slices=context)
+                timing["uncertainty_s"] += time.perf_counter() - tick
+                unc_per_subject[record.subject] = unc.interval_scores(
+                    prediction, target, half, subject.brain_mask, labels,
+                    channel_names=targets)
+            if segment_fn is not None and labels is not None:
+                dice_per_subject[record.subject] = uncertainty.downstream_dice(
+                    segment_fn, target, prediction, subject.brain_mask, subject.labels,
+                    batch_size=int(config.eval.batch_size))
             if i < num_figures:
                 fig = figures.subject_figure(
                     display_planes(subject.volumes, inputs), target, prediction,
                     subject.brain_mask, labels, input_names=inputs, contrast_names=targets,
+                    uncertainty=half,
+                    uncertainty_label=(f"{unc_model.level:.0%} half-width" if half is not None
+                                       else ""),
                     title=f"{record.subject} ({record.group}, {split}, {stage})")
                 io.write_bytes(os.path.join(staging, "figures", f"{record.subject}.png"),
                                figures.png_bytes(fig))
@@ -87,6 +124,19 @@ def evaluate_run(config, stage_dir: str, split: str | None = None, *,
                   "num_subjects": len(per_subject), "std": "sample (ddof = 1)",
                   "convention": evaluation.convention_text(summary),
                   "per_subject": per_subject, "summary": summary}
+        if unc_model is not None:
+            result["uncertainty"] = uncertainty_record(unc_model, unc_per_subject, timing)
+        else:
+            result["uncertainty"] = {"note": unc_note}
+        if seg_meta is not None and "note" in seg_meta:
+            result["segmentation"] = {"note": seg_meta["note"]}
+        elif dice_per_subject:
+            result["segmentation"] = {
+                "per_subject": dice_per_subject,
+                "summary": evaluation.aggregate(dice_per_subject),
+                "convention": segmenter.DICE_CONVENTION,
+                "segmenter": {k: seg_meta[k] for k in ("train_splits", "steps",
+                                                       "train_seconds", "config")}}
         io.write_text(os.path.join(staging, "metrics.json"),
                       json.dumps(evaluation.jsonable(result), indent=2, allow_nan=False))
         io.write_text(os.path.join(staging, "metrics.csv"),
@@ -97,8 +147,21 @@ def evaluate_run(config, stage_dir: str, split: str | None = None, *,
                    f"inputs {', '.join(inputs)}; 2.5D context {context}"]
         io.write_text(os.path.join(staging, "report.md"), reports.evaluation_markdown(
             summary, title=f"Evaluation: {stage} on {split}", split=split,
-            num_subjects=len(per_subject), model_name=model_name, details=details))
+            num_subjects=len(per_subject), model_name=model_name, details=details,
+            uncertainty=result["uncertainty"], segmentation=result.get("segmentation")))
     return {"per_subject": per_subject, "summary": summary, "dir": out_dir}
+
+
+def uncertainty_record(model, per_subject, timing) -> dict:
+    """metrics.json's ``uncertainty`` entry: the scores, how they were calibrated, the cost."""
+    ratio = (timing["uncertainty_s"] / timing["synthesis_s"] if timing["synthesis_s"] > 0
+             else float("nan"))
+    return {"method": model.method, "level": model.level, "quantiles": model.quantiles,
+            "calibration_split": model.meta.get("calibration_split"),
+            "calibration_subjects": model.meta.get("calibration_subjects"),
+            "per_subject": per_subject, "summary": evaluation.aggregate(per_subject),
+            "pooled_coverage": unc.pooled_coverage(per_subject),
+            "timing": dict(timing, ratio=ratio), "convention": unc.CONVENTION}
 
 
 def last_stage(workdir: str) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 
 from qsnet_jax import evaluation, figures, inference, models
 from qsnet_jax.metrics import METRIC_NAMES, REGIONS
+from qsnet_jax.models import segmenter
 from workflow import cohorts, synthesize
 
 SCORE_FIELDS = ("subject", "contrast", "region") + METRIC_NAMES
@@ -36,14 +37,87 @@ def scores_csv(rows) -> str:
 
 
 def evaluation_markdown(summary, *, title: str, split: str, num_subjects: int, model_name: str,
-                        details: Sequence[str] = ()) -> str:
-    """report.md of an evaluation: the paper-style table and the metric convention."""
+                        details: Sequence[str] = (), uncertainty: Mapping | None = None,
+                        segmentation: Mapping | None = None) -> str:
+    """report.md of an evaluation: the paper-style table and the metric convention, then the
+    uncertainty and downstream-segmentation tables (each with its convention)."""
     lines = [f"# {title}", "",
              f"Model `{model_name}`, split `{split}`, {num_subjects} subject(s).", ""]
     lines += [f"- {d}" for d in details] + ([""] if details else [])
     lines += [evaluation.markdown_table({model_name: summary}), "",
               evaluation.convention_text(summary), ""]
+    if uncertainty:
+        lines += uncertainty_section({model_name: uncertainty})
+    if segmentation:
+        lines += segmentation_section({model_name: segmentation})
     return "\n".join(lines)
+
+
+def uncertainty_section(records: Mapping[str, Mapping]) -> list[str]:
+    """Markdown lines: per model the interval scores per contrast and region, the conformal
+    quantiles and the cost against synthesis. ``records``: ``{model: metrics.json's
+    "uncertainty" entry}`` (an entry with only a ``note`` says why there are no intervals)."""
+    lines = ["## Uncertainty", ""]
+    with_scores = {name: r for name, r in records.items() if "summary" in r}
+    for name, record in records.items():
+        if "summary" not in record:
+            lines += [f"- `{name}`: {record.get('note', 'no intervals')}"]
+            continue
+        timing = {k: float("nan") if v is None else v for k, v in record["timing"].items()}
+        quantiles = ", ".join(
+            f"{evaluation.contrast_title(c)} {float('inf') if q is None else q:.3g}"
+            for c, q in record["quantiles"].items())
+        lines += [f"- `{name}`: method `{record['method']}`, level {record['level']:.0%}, "
+                  f"calibrated on split `{record['calibration_split']}` "
+                  f"({len(record.get('calibration_subjects') or [])} subjects); q = "
+                  f"{quantiles}; uncertainty took {timing['uncertainty_s']:.2f} s vs "
+                  f"{timing['synthesis_s']:.2f} s of synthesis "
+                  f"({timing['ratio']:.2f}x, measured in this run)"]
+        pooled = record.get("pooled_coverage") or {}
+        for region in ("", "_tumor", "_healthy"):
+            values = [f"{evaluation.contrast_title(c)} {e['coverage' + region]:.3f}"
+                      for c, e in pooled.items() if e.get("coverage" + region) is not None]
+            if values:
+                lines.append(f"  - coverage pooled over all voxels of all subjects, "
+                             f"{region.strip('_') or 'brain'}: {', '.join(values)}")
+    lines.append("")
+    if with_scores:
+        summaries = {name: r["summary"] for name, r in with_scores.items()}
+        lines += [evaluation.markdown_table(summaries, metrics=evaluation.UNCERTAINTY_METRICS,
+                                            bold_best=False), "",
+                  f"{next(iter(with_scores.values()))['convention']} "
+                  f"Aggregate: {evaluation.STD_CONVENTION}", ""]
+    return lines
+
+
+def segmentation_section(records: Mapping[str, Mapping]) -> list[str]:
+    """Markdown lines: the downstream Dice per sub-region, of the segmenter run on the
+    ground-truth and on the synthesized contrasts (``{model: metrics.json's
+    "segmentation" entry}``)."""
+    regions = list(segmenter.SUBREGIONS)
+    header = ["Model", "Segmented contrasts"] + [f"Dice {r.replace('_', ' ')}" for r in regions]
+    lines = ["## Downstream tumor segmentation (BraSyn)", "",
+             "| " + " | ".join(header) + " |",
+             "|" + "|".join([":---", ":---"] + ["---:"] * len(regions)) + "|"]
+    convention = ""
+    notes = [f"- `{name}`: {r['note']}" for name, r in records.items() if "summary" not in r]
+    records = {name: r for name, r in records.items() if "summary" in r}
+    if not records:
+        return ["## Downstream tumor segmentation (BraSyn)", ""] + notes + [""]
+    for name, record in records.items():
+        convention = record["convention"]
+        for source in ("ground truth", "synthesized"):
+            entry = record["summary"].get(source, {})
+            cells = [name, source]
+            for region in regions:
+                value = entry.get(f"dice_{region}")
+                cells.append("–" if value is None else evaluation.format_mean_std(
+                    value["mean"], value["std"], "dice"))
+            lines.append("| " + " | ".join(cells) + " |")
+    n = max((len(r["per_subject"]) for r in records.values()), default=0)
+    lines += ["", f"{convention} Aggregate: {evaluation.STD_CONVENTION} n = {n} subjects "
+              "with a tumor.", ""] + notes + ([""] if notes else [])
+    return lines
 
 
 # ------------------------------------------------------------------ a study
@@ -58,7 +132,7 @@ def _partner_tests(result) -> dict:
 
 
 def _columns(result):
-    return [(m, r) for r in REGIONS for m in METRIC_NAMES
+    return [(m, r) for r in REGIONS for m in evaluation.TABLE_METRICS
             if any(evaluation.metric_key(m, r) in entry for model in result["models"].values()
                    for entry in model["summary"].values())]
 
@@ -114,6 +188,14 @@ def study_markdown(result, *, title: str) -> str:
         lines += [f"p: {result['test']}; each row's p compares it with its partner ({pairs}).",
                   ""]
     lines += [result["convention"], ""]
+    uncertainty = {name: model["uncertainty"] for name, model in result["models"].items()
+                   if model.get("uncertainty")}
+    if uncertainty:
+        lines += uncertainty_section(uncertainty)
+    segmentation = {name: model["segmentation"] for name, model in result["models"].items()
+                    if model.get("segmentation")}
+    if segmentation:
+        lines += segmentation_section(segmentation)
     for test in result["wilcoxon"]:
         lines += [evaluation.wilcoxon_markdown(test["results"], test["a"], test["b"]), ""]
         notes = sorted({r["note"] for entry in test["results"].values()

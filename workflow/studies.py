@@ -189,7 +189,9 @@ def run_variant(name: str, vconfig, vdir: str, split: str, cohort_dir: str, *, i
         record = json.load(f)
     _say(stream, f"  {name} done in {time.time() - started:.1f} s")
     return {"stage_dir": stage_dir, "metrics_path": metrics_path,
-            "per_subject": record["per_subject"], "model": record["model"]}
+            "per_subject": record["per_subject"], "model": record["model"],
+            "uncertainty": record.get("uncertainty"),
+            "segmentation": record.get("segmentation")}
 
 
 def run_study(config: ml_collections.ConfigDict, workdir: str, *, make_parents: bool = False,
@@ -232,7 +234,9 @@ def combine(runs: Mapping[str, dict], configs: Mapping, pairs: Sequence[tuple[st
             "stages": list(vconfig.stages), "eval": run["metrics_path"],
             "num_subjects": len(run["per_subject"]),
             "summary": evaluation.aggregate(run["per_subject"]),
-            "per_subject": run["per_subject"]}
+            "per_subject": run["per_subject"],
+            # interval scores and downstream Dice, as the variant's evaluation wrote them
+            "uncertainty": run.get("uncertainty"), "segmentation": run.get("segmentation")}
     tests = []
     for a, b in pairs:
         tests.append({"a": a, "b": b, "results": evaluation.compare_models(

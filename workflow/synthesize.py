@@ -145,6 +145,47 @@ def write_contrasts(prediction, target_channels: Sequence[str], reference_path: 
     return paths
 
 
+UNCERTAINTY_SUFFIX = "_uncertainty"
+
+
+def write_uncertainty(half_width, target_channels: Sequence[str], reference_path: str,
+                      out_dir: str, *, level: float) -> dict[str, str]:
+    """``<contrast>_uncertainty.nii.gz`` per contrast: the half-width of the calibrated
+    ``level`` interval around the synthesized value, in the same normalized units."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {}
+    for c, name in enumerate(target_channels):
+        data, reference = to_reference_orientation(half_width[..., c], reference_path)
+        header = reference.header.copy()
+        header.set_data_dtype(np.float32)
+        image = nib.Nifti1Image(data, reference.affine, header)
+        image.header.set_slope_inter(np.nan, np.nan)
+        image.header["cal_min"], image.header["cal_max"] = 0.0, float(np.max(data))
+        # descrip holds 80 bytes: the level and the unit
+        image.header["descrip"] = f"{contrast_title(name)} {level:.0%} interval half-width, a.u."
+        path = os.path.join(out_dir, name + UNCERTAINTY_SUFFIX + FILE_SUFFIX)
+        nib.save(image, path)
+        paths[name + UNCERTAINTY_SUFFIX] = path
+    return paths
+
+
+def _write_subject(prediction, subject, volume, predict_fn, unc_model, *, target_channels,
+                   reference_path, out_dir, batch_size, context):
+    write_contrasts(prediction, target_channels, reference_path, out_dir)
+    if unc_model is not None:
+        half = unc_model.half_width(predict_fn, volume, prediction, subject.brain_mask,
+                                    batch_size=batch_size, context_slices=context)
+        write_uncertainty(half, target_channels, reference_path, out_dir,
+                          level=unc_model.level)
+
+
+def _output_names(target_channels, unc_model) -> list[str]:
+    names = list(target_channels)
+    if unc_model is not None:
+        names += [name + UNCERTAINTY_SUFFIX for name in target_channels]
+    return names
+
+
 def check_output(out_dir: str, *, overwrite: bool) -> str:
     """The output folder, refused (UserError) when it is a file, or not empty without
     `overwrite`. Missing parents are fine: they are created."""
@@ -169,9 +210,11 @@ def synthesize_files(config, module, variables, input_paths: Mapping[str, str],
                      out_dir: str, *, mask_path: str | None = None,
                      convert_seconds: bool = False, resample: bool = False,
                      batch_size: int | None = None, overwrite: bool = False,
-                     predict_fn: Callable | None = None) -> dict[str, str]:
+                     predict_fn: Callable | None = None,
+                     uncertainty_model=None) -> dict[str, str]:
     """Synthesize one subject from files into ``out_dir`` (missing parents are created);
-    returns ``{contrast: path}``.
+    returns ``{contrast: path}`` (and ``{contrast}_uncertainty: path`` with an
+    ``uncertainty_model``, a ``workflow.uncertainty.UncertaintyModel``).
 
     ``input_paths``: channel name -> NIfTI path; exactly the model's input channels. The
     reference grid (affine, header, orientation of the outputs) is the first input file.
@@ -180,14 +223,19 @@ def synthesize_files(config, module, variables, input_paths: Mapping[str, str],
     input_channels, target_channels, context = model_channels(config)
     subject = load_inputs(input_paths, mask_path=mask_path, channels=input_channels,
                           convert_seconds=convert_seconds, resample=resample)
+    batch_size = int(batch_size or config.eval.batch_size)
     with staged_output(out_dir, overwrite=overwrite) as staging:
         predict_fn = predict_fn or inference.make_predict_fn(module, variables)
         prediction = synthesize_subject(
             predict_fn, subject, input_channels=input_channels, context_slices=context,
-            batch_size=int(batch_size or config.eval.batch_size))
-        write_contrasts(prediction, target_channels, input_paths[input_channels[0]], staging)
+            batch_size=batch_size)
+        _write_subject(prediction, subject, stack_inputs(subject, input_channels), predict_fn,
+                       uncertainty_model, target_channels=target_channels,
+                       reference_path=input_paths[input_channels[0]], out_dir=staging,
+                       batch_size=batch_size, context=context)
     out_dir = os.path.abspath(os.path.expanduser(out_dir))
-    return {name: os.path.join(out_dir, name + FILE_SUFFIX) for name in target_channels}
+    return {name: os.path.join(out_dir, name + FILE_SUFFIX)
+            for name in _output_names(target_channels, uncertainty_model)}
 
 
 def manifest_records(manifest_path: str, subjects: Sequence[str] | None = None):
@@ -210,7 +258,7 @@ def synthesize_manifest(config, module, variables, manifest_path: str, out_dir: 
                         convert_seconds: bool = False, resample: bool = False,
                         batch_size: int | None = None, overwrite: bool = False,
                         subjects: Sequence[str] | None = None,
-                        predict_fn: Callable | None = None,
+                        predict_fn: Callable | None = None, uncertainty_model=None,
                         stream=sys.stderr) -> dict[str, dict[str, str]]:
     """Synthesize every subject of a cohort manifest into ``out_dir/<subject>/``.
 
@@ -234,24 +282,48 @@ def synthesize_manifest(config, module, variables, manifest_path: str, out_dir: 
         for i, record in enumerate(records):
             subject = cohorts.load_record(root, record, channels=input_channels,
                                           convert_seconds=convert_seconds, resample=resample)
+            size = int(batch_size or config.eval.batch_size)
             prediction = synthesize_subject(
                 predict_fn, subject, input_channels=input_channels, context_slices=context,
-                batch_size=int(batch_size or config.eval.batch_size))
-            write_contrasts(prediction, target_channels, record.path(root, input_channels[0]),
-                            os.path.join(staging, record.subject))
+                batch_size=size)
+            _write_subject(prediction, subject, stack_inputs(subject, input_channels),
+                           predict_fn, uncertainty_model, target_channels=target_channels,
+                           reference_path=record.path(root, input_channels[0]),
+                           out_dir=os.path.join(staging, record.subject), batch_size=size,
+                           context=context)
             progress(i + 1, len(records), started, record.subject, stream=stream)
     out_dir = os.path.abspath(os.path.expanduser(out_dir))
+    names = _output_names(target_channels, uncertainty_model)
     return {r.subject: {name: os.path.join(out_dir, r.subject, name + FILE_SUFFIX)
-                        for name in target_channels} for r in records}
+                        for name in names} for r in records}
+
+
+def stage_uncertainty(model_path: str):
+    """The fitted uncertainty of the model's stage, or None (a note on stderr)."""
+    from workflow import uncertainty  # noqa: PLC0415 (it uses this module)
+
+    try:
+        stage_dir = uncertainty.stage_dir_of(model_path)
+    except (FileNotFoundError, ValueError):
+        return None
+    model = uncertainty.load_uncertainty(stage_dir)
+    if model is None:
+        print(f"note: {stage_dir} has no fitted uncertainty (run experiments.evaluate on it "
+              "with a cohort holding config.uncertainty.calibration_split): no "
+              "*_uncertainty files", file=sys.stderr, flush=True)
+    return model
 
 
 def synthesize_command(model_path: str, input_paths: Mapping[str, str], out_dir: str, *,
                        mask_path: str = "", manifest: str = "", subjects: Sequence[str] = (),
                        convert_seconds: bool = False, resample: bool = False,
                        batch_size: int = 0, use_ema: bool = True, overwrite: bool = False,
+                       with_uncertainty: bool = True,
                        model_loader: Callable = load_model) -> dict:
     """What `experiments.synthesize` does: check the arguments (before loading anything),
-    load the model, synthesize one subject's files or a whole manifest."""
+    load the model, synthesize one subject's files or a whole manifest. With
+    ``with_uncertainty`` and a stage whose uncertainty is fitted (evaluate fits it, see
+    workflow.uncertainty), each contrast gets its ``<contrast>_uncertainty.nii.gz``."""
     given = {name: path for name, path in input_paths.items() if path}
     if manifest and (given or mask_path):
         raise UserError("--manifest synthesizes a cohort; do not also pass input files")
@@ -267,7 +339,9 @@ def synthesize_command(model_path: str, input_paths: Mapping[str, str], out_dir:
     check_output(out_dir, overwrite=overwrite)
     config, module, variables = model_loader(model_path, use_ema=use_ema)
     options = {"convert_seconds": convert_seconds, "resample": resample,
-               "batch_size": batch_size or None, "overwrite": overwrite}
+               "batch_size": batch_size or None, "overwrite": overwrite,
+               "uncertainty_model": stage_uncertainty(model_path) if with_uncertainty
+               else None}
     if manifest:
         return synthesize_manifest(config, module, variables, manifest, out_dir,
                                    subjects=subjects, **options)

@@ -1,0 +1,366 @@
+"""Conformal calibration, interval scores and the residual-scale network (qsnet_jax.uncertainty).
+
+References are independent: order statistics by sorting, the Gaussian quantile from scipy,
+coverage/width/rank correlation recomputed with NumPy and scipy.stats.rankdata.
+"""
+
+import math
+import os
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from qsnet_jax import uncertainty
+
+
+def test_conformal_quantile_is_the_corrected_order_statistic():
+    rng = np.random.default_rng(0)
+    for n, level in [(10, 0.9), (19, 0.9), (100, 0.8), (1000, 0.95), (37, 0.5)]:
+        scores = rng.exponential(size=n)
+        rank = math.ceil((n + 1) * level)  # 1-based
+        assert uncertainty.conformal_quantile(scores, level) == np.sort(scores)[rank - 1]
+    # n = 10 at 90%: the (n + 1) correction asks for the largest score, not the 9th
+    scores = np.arange(1.0, 11.0)
+    assert uncertainty.conformal_quantile(scores, 0.9) == 10.0
+    # too few scores for the level: an infinite interval, never a too-short one
+    assert uncertainty.conformal_quantile(np.arange(5.0), 0.9) == math.inf
+    with pytest.raises(ValueError, match="level"):
+        uncertainty.conformal_quantile(scores, 1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        uncertainty.conformal_quantile([1.0, np.nan], 0.5)
+
+
+def _noisy_subjects(rng, num_subjects, shape, sigma_map):
+    """Predictions, targets = prediction + N(0, sigma^2) with a known sigma per voxel."""
+    preds, targets = [], []
+    for _ in range(num_subjects):
+        pred = rng.uniform(0.2, 0.8, size=shape + (2,)).astype(np.float32)
+        targets.append(pred + rng.normal(size=pred.shape) * sigma_map)
+        preds.append(pred)
+    return preds, targets
+
+
+def test_calibrated_intervals_reach_nominal_coverage_and_heteroscedastic_is_narrower():
+    rng = np.random.default_rng(1)
+    shape = (24, 20, 10)
+    # known noise law: sigma 10 times larger in a quarter of the volume (like a lesion or
+    # an edge), and different per contrast
+    ramp = np.where(np.arange(shape[0]) < shape[0] // 4, 0.1, 0.01)[:, None, None, None]
+    sigma = np.broadcast_to(ramp * np.array([1.0, 0.5]), shape + (2,)).astype(np.float32)
+    mask = np.ones(shape, bool)
+    mask[:2] = False  # voxels outside the mask take no part
+    level = 0.9
+    cal_preds, cal_targets = _noisy_subjects(rng, 6, shape, sigma)
+    test_preds, test_targets = _noisy_subjects(rng, 6, shape, sigma)
+    n_cal = 6 * int(mask.sum())
+    n_test = 6 * int(mask.sum())
+    results = {}
+    for name, scale in (("oracle", sigma), ("constant", np.ones_like(sigma))):
+        cal = uncertainty.calibrate(cal_preds, cal_targets, [scale] * 6, [mask] * 6,
+                                    level=level, channel_names=["a", "b"])
+        assert cal["num_voxels"] == n_cal and cal["num_subjects"] == 6
+        half = uncertainty.half_width(scale, cal["quantiles"], ["a", "b"])
+        covered = np.concatenate([(np.abs(p - t) <= half)[mask]
+                                  for p, t in zip(test_preds, test_targets, strict=True)])
+        widths = np.concatenate([2 * half[mask]] * 6)
+        results[name] = (covered.mean(axis=0), widths.mean(axis=0), cal["quantiles"])
+    # finite-sample bound: level <= E[coverage] <= level + 1/(n+1); plus the spread of the
+    # calibration quantile (Beta) and of the test mean (binomial), 4 standard deviations
+    spread = 4 * math.sqrt(level * (1 - level) * (1 / n_cal + 1 / n_test))
+    for name, (coverage, _, _) in results.items():
+        assert np.all(coverage >= level - spread), (name, coverage)
+        assert np.all(coverage <= level + 1 / (n_cal + 1) + spread), (name, coverage)
+    # with the true sigma, q is the Gaussian 95% point and the width 2 * 1.645 * mean(sigma)
+    z = stats.norm.ppf(0.5 + level / 2)
+    oracle_q = results["oracle"][2]
+    assert oracle_q["a"] == pytest.approx(z, rel=0.03) and oracle_q["b"] == pytest.approx(
+        z, rel=0.03)
+    expected_width = 2 * z * sigma[mask].mean(axis=0)
+    np.testing.assert_allclose(results["oracle"][1], expected_width, rtol=0.03)
+    # at equal coverage, the heteroscedastic scale gives clearly narrower intervals
+    # (closed form: 2 * 1.645 * E[sigma] = 0.087 vs 2 * 0.060 for the constant, contrast a)
+    assert np.all(results["oracle"][1] < 0.8 * results["constant"][1])
+
+
+def test_interval_scores_equal_a_numpy_recomputation():
+    rng = np.random.default_rng(2)
+    shape = (12, 10, 6)
+    pred = rng.uniform(size=shape + (2,))
+    target = pred + rng.normal(scale=0.05, size=pred.shape)
+    half = rng.uniform(0.01, 0.1, size=pred.shape)
+    brain = np.zeros(shape, bool)
+    brain[1:11, 1:9] = True
+    labels = np.zeros(shape, np.int32)
+    labels[3:6, 3:6, 2:4] = 2
+    labels[0, 0, 0] = 1  # outside the brain: not tumor
+    scores = uncertainty.interval_scores(pred, target, half, brain, labels,
+                                         channel_names=["x", "y"])
+    tumor = (labels > 0) & brain
+    regions = {"": brain, "_tumor": tumor, "_healthy": brain & ~tumor}
+    for c, name in enumerate(["x", "y"]):
+        err = np.abs(pred[..., c] - target[..., c])
+        for suffix, region in regions.items():
+            inside = err[region] <= half[..., c][region]
+            assert scores[name]["coverage" + suffix] == pytest.approx(inside.mean())
+            assert scores[name]["width" + suffix] == pytest.approx(
+                200 * half[..., c][region].mean())
+            ranks_w = stats.rankdata(half[..., c][region])
+            ranks_e = stats.rankdata(err[region])
+            assert scores[name]["spearman" + suffix] == pytest.approx(
+                np.corrcoef(ranks_w, ranks_e)[0, 1])
+    # no tumor: brain keys only; a constant width has no rank correlation
+    plain = uncertainty.interval_scores(pred, target, np.full_like(half, 0.05), brain)
+    assert set(plain["channel0"]) == {"coverage", "width", "spearman", "voxels"}
+    assert scores["x"]["voxels_tumor"] == tumor.sum()
+    # pooled over subjects: voxel-weighted, not the mean of subject coverages
+    small = uncertainty.interval_scores(pred[:, :, :1], target[:, :, :1], half[:, :, :1],
+                                        brain[:, :, :1], channel_names=["x", "y"])
+    pooled = uncertainty.pooled_coverage({"a": scores, "b": small})
+    inside = np.concatenate([
+        (np.abs(pred[..., 0] - target[..., 0]) <= half[..., 0])[brain],
+        (np.abs(pred[..., :1, 0] - target[..., :1, 0]) <= half[..., :1, 0])[brain[:, :, :1]]])
+    assert pooled["x"]["coverage"] == pytest.approx(inside.mean())
+    assert "coverage_tumor" in pooled["x"]
+    assert math.isnan(plain["channel0"]["spearman"])
+
+
+def test_width_tracks_error_when_the_scale_is_right():
+    rng = np.random.default_rng(3)
+    shape = (30, 30, 4)
+    sigma = rng.uniform(0.005, 0.1, size=shape + (1,))
+    pred = np.full(shape + (1,), 0.5)
+    target = pred + rng.normal(size=pred.shape) * sigma
+    scores = uncertainty.interval_scores(pred, target, sigma, np.ones(shape))
+    assert scores["channel0"]["spearman"] > 0.4
+    shuffled = rng.permutation(sigma.ravel()).reshape(sigma.shape)
+    noise = uncertainty.interval_scores(pred, target, shuffled, np.ones(shape))
+    assert abs(noise["channel0"]["spearman"]) < 0.05
+
+
+def _feature_driven_residuals(rng, num_slices, size=16):
+    """Slices whose error is Gaussian with sigma 0.1 inside a random 8 x 8 square that
+    feature channel 0 marks, 0.005 elsewhere."""
+    feature = np.zeros((num_slices, size, size, 1), np.float32)
+    for i in range(num_slices):
+        r, c = rng.integers(0, size - 8, 2)
+        feature[i, r:r + 8, c:c + 8] = 1.0
+    true_scale = 0.005 + 0.095 * feature
+    abs_error = np.abs(rng.normal(size=true_scale.shape)) * true_scale
+    features = np.concatenate([feature, np.ones_like(feature)], axis=-1)
+    return features, abs_error.astype(np.float32), np.ones_like(feature), true_scale
+
+
+def test_scale_net_learns_the_noise_law_and_beats_a_constant_after_calibration():
+    rng = np.random.default_rng(4)
+    features, abs_error, mask, _ = _feature_driven_residuals(rng, 64)
+    fit = uncertainty.fit_scale_net(features, abs_error, mask, steps=150, batch_size=16,
+                                    learning_rate=5e-3, width=8, seed=0)
+    assert np.mean(fit.losses[-20:]) < np.mean(fit.losses[:5])
+    scale_fn = uncertainty.make_scale_fn(fit.module, fit.variables)
+    cal_x, cal_e, _, cal_true_scale = _feature_driven_residuals(rng, 32)
+    test_x, test_e, _, true_scale = _feature_driven_residuals(rng, 32)
+    sigma_cal = np.asarray(scale_fn(cal_x))
+    sigma_test = np.asarray(scale_fn(test_x))
+    # sigma estimates E|error| = sqrt(2 / pi) * true sigma (the Laplace-likelihood minimizer)
+    inside = np.median(sigma_test[true_scale > 0.05])
+    outside = np.median(sigma_test[true_scale < 0.05])
+    assert inside == pytest.approx(0.1 * math.sqrt(2 / math.pi), rel=0.4)
+    assert inside > 5 * outside
+    as_volume = lambda a: np.moveaxis(a, 0, 2)  # noqa: E731  [N, H, W, C] -> [H, W, N, C]
+    zeros = np.zeros_like(as_volume(cal_e))
+    mask = np.ones(zeros.shape[:3])
+    widths, coverages = {}, {}
+    for name, cal_scale, test_scale in (("net", sigma_cal, sigma_test),
+                                        ("constant", np.ones_like(sigma_cal),
+                                         np.ones_like(sigma_test)),
+                                        ("oracle", cal_true_scale, true_scale)):
+        cal = uncertainty.calibrate([zeros], [as_volume(cal_e)], [as_volume(cal_scale)],
+                                    [mask], level=0.9)
+        half = uncertainty.half_width(as_volume(test_scale), cal["quantiles"], ["channel0"])
+        scores = uncertainty.interval_scores(np.zeros_like(half), as_volume(test_e), half, mask)
+        widths[name] = scores["channel0"]["width"]
+        coverages[name] = scores["channel0"]["coverage"]
+    for coverage in coverages.values():
+        assert 0.87 <= coverage <= 0.93
+    # the learned scale is nearly as narrow as the true one, and far narrower than a constant
+    # (closed form at equal coverage: 2 * 1.645 * E[sigma] = 0.094 vs about 0.168)
+    assert widths["net"] < 1.15 * widths["oracle"]
+    assert widths["net"] < 0.7 * widths["constant"]
+
+    # the serialized net predicts the same sigma
+    state = uncertainty.scale_net_state(fit)
+    module, variables = uncertainty.scale_net_from_state(state["config"], state["params"])
+    np.testing.assert_allclose(np.asarray(module.apply(variables, test_x)), sigma_test,
+                               rtol=1e-6)
+
+
+def test_untrained_scale_net_is_the_constant_mean_error_and_keeps_the_shape():
+    rng = np.random.default_rng(5)
+    features = rng.uniform(size=(3, 13, 11, 4)).astype(np.float32)  # odd sizes: padded inside
+    abs_error = rng.uniform(0, 0.2, size=(3, 13, 11, 2)).astype(np.float32)
+    mask = np.zeros((3, 13, 11, 1), np.float32)
+    mask[:, 2:10, 2:9] = 1
+    fit = uncertainty.fit_scale_net(features, abs_error, mask, steps=0, width=4)
+    sigma = np.asarray(fit.module.apply(fit.variables, features))
+    assert sigma.shape == (3, 13, 11, 2)
+    brain = mask[..., 0] > 0
+    expected = [abs_error[..., c][brain].mean() + uncertainty.SCALE_FLOOR for c in range(2)]
+    np.testing.assert_allclose(sigma[0, 5, 5], expected, rtol=1e-5)
+
+
+def test_residual_slices_predict_scale_and_flip_spread():
+    rng = np.random.default_rng(6)
+    shape = (10, 8, 5)
+    inputs = rng.uniform(size=shape + (3,)).astype(np.float32)
+    pred = rng.uniform(size=shape + (2,)).astype(np.float32)
+    target = rng.uniform(size=shape + (2,)).astype(np.float32)
+    brain = np.zeros(shape, bool)
+    brain[2:8, 2:6, 1:4] = True  # slices 0 and 4 hold no brain
+    features, errors, masks = uncertainty.residual_slices(inputs, pred, target, brain)
+    assert features.shape == (3, 10, 8, 6) and errors.shape == (3, 10, 8, 2)
+    np.testing.assert_array_equal(errors[1], np.abs(pred[:, :, 2] - target[:, :, 2]))
+    np.testing.assert_array_equal(features[0, ..., 3:5], pred[:, :, 1])
+    np.testing.assert_array_equal(masks[2, ..., 0], brain[:, :, 3])
+    # predict_scale runs the net slice by slice: equal to one call on all slices
+    fit = uncertainty.fit_scale_net(features, errors, masks, steps=2, width=4)
+    scale_fn = uncertainty.make_scale_fn(fit.module, fit.variables)
+    sigma = uncertainty.predict_scale(scale_fn, inputs, pred, brain, batch_size=2)
+    all_slices = np.moveaxis(uncertainty.scale_features(inputs, pred, brain), 2, 0)
+    np.testing.assert_allclose(sigma, np.moveaxis(np.asarray(scale_fn(all_slices)), 0, 2),
+                               rtol=1e-5, atol=1e-7)
+    spread = uncertainty.flip_spread(pred, pred[::-1])
+    np.testing.assert_allclose(spread, np.abs(pred - pred[::-1]) + uncertainty.SCALE_FLOOR)
+    with pytest.raises(ValueError, match="positive"):
+        uncertainty.nonconformity_scores(pred, target, np.zeros_like(pred), brain)
+
+
+# ------------------------------------------------------------------ workflow wiring
+
+
+def _write_split_cohort(root, rng, shape=(20, 24, 6)):
+    """GBM subjects in gbm_train, gbm_calib and gbm_test (two each, all with a tumor)."""
+    import nibabel as nib
+
+    affine = np.diag([2.0, 2.0, 2.5, 1.0])
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"), -1)
+    brain = (np.linalg.norm(grid / [0.8, 0.8, 1.3], axis=-1) < 1).astype(np.uint8)
+    columns = ["t1map", "t2map", "pdmap", "t1w", "t2w", "t1flair", "t2flair", "swi",
+               "brain_mask", "labels"]
+    lines = ["subject,group,site,split," + ",".join(columns)]
+    for i, split in enumerate(["gbm_train"] * 2 + ["gbm_calib"] * 2 + ["gbm_test"] * 2):
+        subject = f"s{i}"
+        os.makedirs(root / subject)
+        data = {"t1map": rng.uniform(700, 1600, shape), "t2map": rng.uniform(50, 120, shape),
+                "pdmap": rng.uniform(0.6, 1.0, shape), "brain_mask": brain}
+        for c in columns[3:8]:
+            data[c] = rng.uniform(0.1, 1.0, shape)
+        labels = np.zeros(shape)
+        labels[7 + i % 3:12, 9:14, 2:5] = 2
+        labels[9:11, 11:13, 3] = 1
+        data["labels"] = labels
+        cells = []
+        for c in columns:
+            values = np.where(brain, data[c], 0) if c != "brain_mask" else data[c]
+            dtype = np.uint8 if c in ("brain_mask", "labels") else np.float32
+            nib.save(nib.Nifti1Image(values.astype(dtype), affine), root / subject / f"{c}.nii.gz")
+            cells.append(f"{subject}/{c}.nii.gz")
+        lines.append(f"{subject},gbm,A,{split}," + ",".join(cells))
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_evaluate_and_synthesize_carry_calibrated_intervals(tmp_path):
+    import json
+
+    import jax
+    import jax.numpy as jnp
+    import nibabel as nib
+
+    from configs import default
+    from data_pipelines import cohort as cohort_lib
+    from qsnet_jax import models
+    from workflow import evaluate, synthesize
+    from workflow import uncertainty as workflow_uncertainty
+
+    config = default.get_config("tiny")
+    config.eval.batch_size = 4
+    config.eval.num_figure_subjects = 1
+    config.uncertainty.calibration_split = "gbm_calib"
+    targets = tuple(config.data.target_channels)
+    module = models.build_generator(config.model, input_channels=config.data.input_channels,
+                                    target_channels=targets)
+    variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 20, 24, 3)), train=False)
+    root = tmp_path / "cohort"
+    _write_split_cohort(root, np.random.default_rng(0))
+    stage_dir = tmp_path / "run" / "finetune"
+    evaluate.evaluate_run(config, str(stage_dir), "gbm_test", cohort_dir=str(root),
+                          model=(module, variables))
+    saved = json.loads((stage_dir / "eval" / "gbm_test" / "metrics.json").read_text())
+    calibration = json.loads((stage_dir / "uncertainty" / "calibration.json").read_text())
+    assert calibration["calibration_subjects"] == ["s2", "s3"]  # never the test subjects
+    assert calibration["fit_splits"] == ["gbm_train"]
+    unc_record = saved["uncertainty"]
+    assert unc_record["level"] == 0.9 and unc_record["timing"]["synthesis_s"] > 0
+    for key in ("coverage", "coverage_tumor", "coverage_healthy", "width_tumor", "spearman"):
+        assert key in unc_record["per_subject"]["s4"]["t2w"]
+    seg = saved["segmentation"]
+    assert set(seg["per_subject"]["s5"]) == {"ground truth", "synthesized"}
+    assert set(seg["per_subject"]["s5"]["synthesized"]) == {
+        "dice_necrosis", "dice_edema", "dice_enhancing", "dice_whole_tumor"}
+    report = (stage_dir / "eval" / "gbm_test" / "report.md").read_text()
+    assert "## Uncertainty" in report and "coverage tumor" in report
+    assert "## Downstream tumor segmentation (BraSyn)" in report
+
+    # synthesize writes the half-widths; the coverage evaluate reported is the fraction of
+    # brain voxels whose |synthesized - target| lies within them (read back with nibabel)
+    model = workflow_uncertainty.load_uncertainty(str(stage_dir))
+    out = tmp_path / "synth"
+    paths = synthesize.synthesize_manifest(config, module, variables,
+                                           str(root / "manifest.csv"), str(out),
+                                           subjects=["s4"], uncertainty_model=model)
+    assert sorted(paths["s4"]) == sorted(list(targets) + [f"{t}_uncertainty" for t in targets])
+    record = next(r for r in cohort_lib.read_manifest(str(root)) if r.subject == "s4")
+    truth = cohort_lib.load_subject(str(root), record, targets)
+    brain = truth.brain_mask > 0
+    for name in ("t1w", "swi"):
+        synthesized = np.asarray(nib.load(paths["s4"][name]).dataobj)
+        half = np.asarray(nib.load(paths["s4"][f"{name}_uncertainty"]).dataobj)
+        inside = np.abs(synthesized - truth.volumes[name])[brain] <= half[brain]
+        assert unc_record["per_subject"]["s4"][name]["coverage"] == pytest.approx(
+            inside.mean(), abs=1e-6)
+        assert np.all(half[~brain] == 0)
+    assert os.path.isfile(stage_dir.parent / "segmenter" / "segmenter.json")
+
+
+def test_subject_figure_gets_an_uncertainty_row_on_the_error_scale():
+    from qsnet_jax import figures
+
+    rng = np.random.default_rng(7)
+    shape = (24, 28, 8)
+    brain = np.zeros(shape, bool)
+    brain[3:21, 3:25] = True
+    labels = np.zeros(shape, np.int32)
+    labels[8:14, 10:16, 3:6] = 2
+    targets = rng.uniform(size=shape + (2,)).astype(np.float32)
+    prediction = np.clip(targets + rng.normal(scale=0.1, size=targets.shape), 0, 1)
+    half = np.full(targets.shape, 0.05, np.float32)
+    args = (rng.uniform(size=shape + (3,)), targets, prediction, brain, labels)
+    kwargs = dict(input_names=["t1map", "t2map", "pdmap"], contrast_names=["t1w", "t2w"])
+    plain = figures.subject_figure(*args, **kwargs)
+    with_row = figures.subject_figure(*args, uncertainty=half, **kwargs)
+
+    def image_axes(fig):
+        return [ax for ax in fig.axes if ax.get_visible() and ax.images]
+
+    # two more panels per contrast: the half-width, full size and lesion zoom
+    assert len(image_axes(with_row)) == len(image_axes(plain)) + 2 * 2
+    z = figures.figure_slice(brain, labels)
+    half_panels = [ax for ax in image_axes(with_row)
+                   if np.allclose(np.unique(ax.images[0].get_array()), [0.0, 0.05])]
+    assert half_panels and all(ax.images[0].get_clim() == (0.0, figures.ERROR_VMAX)
+                               for ax in half_panels)
+    # the voxels the interval misses are marked: as many as |error| > half-width in the slice
+    shown_error = figures.display(np.abs(prediction - targets)[:, :, z, 0] * brain[:, :, z])
+    missed = int(np.sum(shown_error > 0.05))
+    marks = [len(c.get_offsets()) for ax in half_panels for c in ax.collections]
+    assert missed in marks

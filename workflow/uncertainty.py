@@ -1,0 +1,329 @@
+"""Fit, store and apply the per-voxel uncertainty of a trained generator, and the downstream
+tumor segmenter (the file policy around qsnet_jax.uncertainty and models.segmenter).
+
+  STAGE_DIR/uncertainty/scale_net.msgpack   the residual-scale network (method residual_net)
+  STAGE_DIR/uncertainty/calibration.json    method, level, per-contrast conformal quantiles,
+                                            calibration split and subjects, fit details
+  SEGMENTER_DIR/segmenter.msgpack, segmenter.json   the BraSyn-style segmenter
+
+The scale network learns the generator's |error| on the training split(s) of the stage; the
+conformal quantiles come from the calibration split (config.uncertainty.calibration_split),
+never the test split. Both are fitted once and reused by `evaluate` and `synthesize`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from qsnet_jax import inference, io
+from qsnet_jax import uncertainty as unc
+from qsnet_jax.models import segmenter
+from workflow import cohorts, synthesize
+from workflow.errors import UserError
+
+UNCERTAINTY_DIR = "uncertainty"
+SCALE_NET_FILE = "scale_net.msgpack"
+CALIBRATION_FILE = "calibration.json"
+SEGMENTER_DIR = "segmenter"
+SEGMENTER_FILE = "segmenter.msgpack"
+SEGMENTER_META = "segmenter.json"
+
+
+def section(config, name: str):
+    """``config.<name>`` (uncertainty | segmentation), or None for a run whose stored config
+    predates the section (it then gets neither)."""
+    return config[name] if name in config else None
+
+
+def enabled(config, name: str) -> bool:
+    settings = section(config, name)
+    return settings is not None and bool(settings.enabled)
+
+
+def checkpoint_id(stage_dir: str) -> str:
+    """The stage's best-or-latest checkpoint step dir and its mtime ("" without one): the
+    fitted uncertainty belongs to that generator and is refitted when it changes."""
+    from qsnet_jax.train import checkpoints  # noqa: PLC0415
+
+    try:
+        step_dir = checkpoints.resolve_checkpoint(stage_dir, prefer_best=True)
+    except FileNotFoundError:
+        return ""
+    return f"{step_dir}@{os.path.getmtime(step_dir):.0f}"
+
+
+def stage_dir_of(model_path: str) -> str:
+    """The stage folder of a work dir, stage dir or checkpoint step dir (where the stage's
+    uncertainty lives)."""
+    from qsnet_jax.train import checkpoints  # noqa: PLC0415 (orbax loads only when needed)
+
+    step_dir = checkpoints.resolve_checkpoint(model_path, prefer_best=True)
+    return os.path.dirname(os.path.dirname(step_dir))
+
+
+@dataclasses.dataclass
+class UncertaintyModel:
+    """A fitted scale estimate plus its conformal quantiles; ``half_width`` applies both."""
+
+    method: str
+    level: float
+    quantiles: dict[str, float]
+    target_channels: tuple[str, ...]
+    scale_fn: Callable | None = None  # the residual net, for method residual_net
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    def scale(self, predict_fn, inputs, prediction, brain_mask, *, batch_size: int,
+              context_slices: int = 0):
+        return compute_scale(self.method, predict_fn, self.scale_fn, inputs, prediction,
+                             brain_mask, batch_size=batch_size, context_slices=context_slices)
+
+    def half_width(self, predict_fn, inputs, prediction, brain_mask, *, batch_size: int,
+                   context_slices: int = 0):
+        sigma = self.scale(predict_fn, inputs, prediction, brain_mask, batch_size=batch_size,
+                           context_slices=context_slices)
+        half = unc.half_width(sigma, self.quantiles, self.target_channels)
+        return np.where(np.asarray(brain_mask)[..., None] > 0, half, 0.0).astype(np.float32)
+
+
+def compute_scale(method: str, predict_fn, scale_fn, inputs, prediction, brain_mask, *,
+                  batch_size: int, context_slices: int = 0) -> np.ndarray:
+    """sigma ``[X, Y, Z, C]`` by ``method`` (residual_net | flip | constant)."""
+    if method == "residual_net":
+        return unc.predict_scale(scale_fn, inputs, prediction, brain_mask,
+                                 batch_size=batch_size)
+    if method == "flip":
+        flipped = inference.synthesize_volume(predict_fn, np.ascontiguousarray(inputs[::-1]),
+                                              batch_size=batch_size,
+                                              context_slices=context_slices)
+        flipped = np.clip(flipped[::-1], 0.0, 1.0)
+        return unc.flip_spread(prediction, flipped)
+    if method == "constant":
+        return unc.constant_scale(prediction)
+    raise UserError(f"config.uncertainty.method={method!r}: use one of {list(unc.METHODS)}")
+
+
+def _subjects(config, root, split, predict_fn, *, max_subjects: int = 0):
+    """``(record, inputs, target, prediction, subject)`` of each subject of ``split``."""
+    inputs, targets, context = synthesize.model_channels(config)
+    records = cohorts.split_records(root, split)
+    if max_subjects:
+        records = records[:max_subjects]
+    for record in records:
+        subject = cohorts.load_record(
+            root, record, channels=inputs + targets,
+            convert_seconds=bool(config.data.get("convert_seconds", False)),
+            resample=bool(config.data.get("resample", False)))
+        prediction = synthesize.synthesize_subject(
+            predict_fn, subject, input_channels=inputs, context_slices=context,
+            batch_size=int(config.eval.batch_size))
+        yield (record, synthesize.stack_inputs(subject, inputs),
+               synthesize.stack_inputs(subject, targets), prediction, subject)
+
+
+def fit_splits(config, stage: str) -> tuple[str, ...]:
+    """The splits whose residuals teach the scale net: config.uncertainty.fit_splits, or the
+    stage's training split."""
+    splits = tuple(section(config, "uncertainty").fit_splits)
+    if splits:
+        return splits
+    stage_config = config.get(stage)
+    if stage_config is None or "train_split" not in stage_config:
+        raise UserError(f"config.uncertainty.fit_splits is empty and config has no "
+                        f"{stage}.train_split to fall back on")
+    return (str(stage_config.train_split),)
+
+
+def has_split(root: str, split: str) -> bool:
+    return any(r.split == split for r in cohorts.read_records(root))
+
+
+def fit_uncertainty(config, stage_dir: str, predict_fn: Callable, root: str, *,
+                    stream=sys.stderr) -> UncertaintyModel:
+    """Fit the scale estimate and calibrate it; write STAGE_DIR/uncertainty/ (replacing it)."""
+    settings = section(config, "uncertainty")
+    method = str(settings.method)
+    level = float(settings.level)
+    if not 0.0 < level < 1.0:
+        raise UserError(f"config.uncertainty.level={level}: must lie in (0, 1)")
+    calibration_split = str(settings.calibration_split)
+    if not has_split(root, calibration_split):
+        raise UserError(f"{root}: no subject in the calibration split {calibration_split!r} "
+                        "(config.uncertainty.calibration_split)")
+    stage = os.path.basename(os.path.normpath(stage_dir))
+    targets = tuple(config.data.target_channels)
+    batch_size = int(config.eval.batch_size)
+    context = int(config.data.context_slices)
+    meta = {"method": method, "calibration_split": calibration_split,
+            "checkpoint": checkpoint_id(stage_dir)}
+    scale_fn, state = None, None
+    started = time.time()
+    if method == "residual_net":
+        pieces = []
+        for split in fit_splits(config, stage):
+            for _, inputs, target, prediction, subject in _subjects(config, root, split,
+                                                                    predict_fn):
+                pieces.append(unc.residual_slices(
+                    inputs, prediction, target, subject.brain_mask,
+                    min_brain_fraction=float(config.data.min_brain_fraction)))
+        features, errors, masks = (np.concatenate(p) for p in zip(*pieces, strict=True))
+        fit = unc.fit_scale_net(features, errors, masks, steps=int(settings.steps),
+                                batch_size=int(settings.batch_size),
+                                learning_rate=float(settings.learning_rate),
+                                width=int(settings.width), seed=int(config.seed))
+        scale_fn = unc.make_scale_fn(fit.module, fit.variables)
+        state = unc.scale_net_state(fit)
+        meta |= {"fit_splits": list(fit_splits(config, stage)), "fit_slices": len(features),
+                 "scale_net": state["config"], "steps": int(settings.steps),
+                 "loss_first": fit.losses[0] if fit.losses else None,
+                 "loss_last": fit.losses[-1] if fit.losses else None}
+    print(f"uncertainty: {method} scale fitted in {time.time() - started:.1f} s", file=stream,
+          flush=True)
+    preds, trues, scales, masks, names = [], [], [], [], []
+    for record, inputs, target, prediction, subject in _subjects(config, root,
+                                                                 calibration_split, predict_fn):
+        preds.append(prediction)
+        trues.append(target)
+        masks.append(subject.brain_mask)
+        names.append(record.subject)
+        scales.append(compute_scale(method, predict_fn, scale_fn, inputs, prediction,
+                                    subject.brain_mask, batch_size=batch_size,
+                                    context_slices=context))
+    calibration = unc.calibrate(preds, trues, scales, masks, level=level,
+                                channel_names=targets)
+    meta |= {"level": level, "quantiles": calibration["quantiles"],
+             "calibration_subjects": names, "calibration_voxels": calibration["num_voxels"],
+             "target_channels": list(targets), "convention": unc.CONVENTION}
+    with io.staged_dir(os.path.join(stage_dir, UNCERTAINTY_DIR), if_exists="replace") as out:
+        if state is not None:
+            io.write_bytes(os.path.join(out, SCALE_NET_FILE), state["params"])
+        io.write_json(os.path.join(out, CALIBRATION_FILE), meta)
+    return UncertaintyModel(method=method, level=level, quantiles=calibration["quantiles"],
+                            target_channels=targets, scale_fn=scale_fn, meta=meta)
+
+
+def load_uncertainty(stage_dir: str) -> UncertaintyModel | None:
+    """The fitted uncertainty of a stage, or None when it has none."""
+    folder = os.path.join(stage_dir, UNCERTAINTY_DIR)
+    path = os.path.join(folder, CALIBRATION_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+        scale_fn = None
+        if meta["method"] == "residual_net":
+            with open(os.path.join(folder, SCALE_NET_FILE), "rb") as f:
+                module, variables = unc.scale_net_from_state(meta["scale_net"], f.read())
+            scale_fn = unc.make_scale_fn(module, variables)
+        quantiles = {k: float("inf") if v is None else float(v)
+                     for k, v in meta["quantiles"].items()}
+        return UncertaintyModel(method=meta["method"], level=float(meta["level"]),
+                                quantiles=quantiles,
+                                target_channels=tuple(meta["target_channels"]),
+                                scale_fn=scale_fn, meta=meta)
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"{folder}: unreadable uncertainty model ({error})") from None
+
+
+def uncertainty_for(config, stage_dir: str, predict_fn: Callable, root: str, *,
+                    stream=sys.stderr) -> tuple[UncertaintyModel | None, str]:
+    """The stage's uncertainty (fitted on first use when the config asks for it), and a note
+    saying why there is none."""
+    settings = section(config, "uncertainty")
+    if settings is None:
+        return None, "no uncertainty: the run's config has no uncertainty section"
+    if not bool(settings.enabled):
+        return None, "uncertainty off (config.uncertainty.enabled = False)"
+    model = load_uncertainty(stage_dir)
+    if model is not None and model.method == str(settings.method) and \
+            model.level == float(settings.level) and \
+            model.meta.get("calibration_split") == str(settings.calibration_split) and \
+            model.meta.get("checkpoint") == checkpoint_id(stage_dir):
+        return model, ""
+    split = str(settings.calibration_split)
+    if not has_split(root, split):
+        return None, (f"no uncertainty: the cohort has no calibration split {split!r} "
+                      "(config.uncertainty.calibration_split)")
+    return fit_uncertainty(config, stage_dir, predict_fn, root, stream=stream), ""
+
+
+# ------------------------------------------------------------------ downstream segmenter
+
+
+def segmenter_dir(stage_dir: str) -> str:
+    """One segmenter per run (it depends on the cohort and targets, not on the generator)."""
+    return os.path.join(os.path.dirname(os.path.abspath(stage_dir)), SEGMENTER_DIR)
+
+
+def fit_or_load_segmenter(config, folder: str, root: str, *, stream=sys.stderr):
+    """``(segment_fn, meta)``: the segmenter in ``folder``, trained first when absent;
+    ``(None, {"note": why})`` when the cohort has none of its training splits or no labels
+    in them."""
+    settings = section(config, "segmentation")
+    targets = tuple(config.data.target_channels)
+    meta_path = os.path.join(folder, SEGMENTER_META)
+    if os.path.isfile(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta.get("target_channels") == list(targets) and meta.get("cohort") == root:
+            with open(os.path.join(folder, SEGMENTER_FILE), "rb") as f:
+                module, variables = segmenter.segmenter_from_state(meta["config"], f.read())
+            return segmenter.make_segment_fn(module, variables), meta
+    images, labels, masks = [], [], []
+    present = {r.split for r in cohorts.read_records(root)}
+    splits = tuple(s for s in settings.train_splits if s in present)
+    if not splits:
+        return None, {"note": f"no downstream segmentation: none of "
+                      f"config.segmentation.train_splits {list(settings.train_splits)} is in "
+                      "the cohort"}
+    for split in splits:
+        for record in cohorts.split_records(root, split):
+            subject = cohorts.load_record(root, record, channels=targets)
+            keep = subject.brain_mask.mean(axis=(0, 1)) >= float(config.data.min_brain_fraction)
+            volume = synthesize.stack_inputs(subject, targets)
+            images.append(np.moveaxis(volume, 2, 0)[keep])
+            labels.append(np.moveaxis(subject.labels, 2, 0)[keep])
+            masks.append(np.moveaxis(subject.brain_mask, 2, 0)[keep])
+    if not any(np.any(volume > 0) for volume in labels):
+        return None, {"note": "no downstream segmentation: the training splits "
+                      f"{list(splits)} hold no tumor labels"}
+    started = time.time()
+    fit = segmenter.fit_segmenter(np.concatenate(images), np.concatenate(labels),
+                                  np.concatenate(masks), steps=int(settings.steps),
+                                  batch_size=int(settings.batch_size),
+                                  learning_rate=float(settings.learning_rate),
+                                  width=int(settings.width), levels=int(settings.levels),
+                                  seed=int(config.seed))
+    seconds = time.time() - started
+    print(f"segmenter: trained {int(settings.steps)} steps in {seconds:.1f} s", file=stream,
+          flush=True)
+    state = segmenter.segmenter_state(fit)
+    meta = {"config": state["config"], "target_channels": list(targets), "cohort": root,
+            "train_splits": list(splits), "steps": int(settings.steps),
+            "train_seconds": seconds, "loss_first": fit.losses[0] if fit.losses else None,
+            "loss_last": fit.losses[-1] if fit.losses else None,
+            "convention": segmenter.DICE_CONVENTION}
+    with io.staged_dir(folder, if_exists="replace") as out:
+        io.write_bytes(os.path.join(out, SEGMENTER_FILE), state["params"])
+        io.write_json(os.path.join(out, SEGMENTER_META), meta)
+    return segmenter.make_segment_fn(fit.module, fit.variables), meta
+
+
+def downstream_dice(segment_fn, target, prediction, brain_mask, labels, *,
+                    batch_size: int) -> dict[str, dict[str, float]]:
+    """``{"ground truth": dice, "synthesized": dice}`` of one subject."""
+    scores = {}
+    for source, volume in (("ground truth", target), ("synthesized", prediction)):
+        predicted = segmenter.segment_volume(segment_fn, volume, brain_mask,
+                                             batch_size=batch_size)
+        scores[source] = segmenter.dice_scores(predicted, labels, brain_mask)
+    return scores
+
+
