@@ -343,7 +343,8 @@ def phantom_with_subspace(source_root, out_root, *, rank=6, num_trs=200):
         coefficients[inside] = subspace.project(curves, basis)[where.ravel()] * \
             maps["pdmap"][inside][:, None]
         volumes[record.subject] = subspace.coefficients_to_channels(coefficients)
-    rows = list(csv.reader(open(os.path.join(out_root, "manifest.csv"), newline="")))
+    with open(os.path.join(out_root, "manifest.csv"), newline="") as f:
+        rows = list(csv.reader(f))
     affines = {r.subject: nib.load(r.path(out_root, "t1map")).affine for r in records}
     rows[0].append("mrf_subspace")
     for row in rows[1:]:
