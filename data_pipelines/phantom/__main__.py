@@ -1,5 +1,8 @@
 """CLI: python -m data_pipelines.phantom --out DIR --preset {tiny,quick,paper} [--seed N]
-[--healthy N --gbm N] [--site A|B] [--overwrite]
+[--healthy N --gbm N] [--site A|B] [--jobs N] [--subjects sub-001,sub-004]
+[--without EFFECT,...] [--overwrite]
+
+    python -m data_pipelines.phantom realism --preset quick   # the realism report (JSON)
 
 Bad input prints one line on stderr and exits with code 2; nothing is written.
 """
@@ -30,19 +33,38 @@ def parse_args(argv):
     parser.add_argument("--gbm", type=int, default=None,
                         help="site-A GBM subjects (50/50 train/test)")
     parser.add_argument("--site", default=None, help="scan every subject at this site (A|B)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="worker processes (default: every core); the files do not "
+                             "depend on it")
+    parser.add_argument("--subjects", default=None,
+                        help="build only these subjects of the preset (comma-separated ids)")
+    parser.add_argument("--without", default=None,
+                        help="switch acquisition effects off (comma-separated): "
+                             "anatomy, tse, t1_sequence, mt, b1, gibbs, swi_background")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a non-empty --out folder")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    return args
 
 
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    from data_pipelines.phantom.presets import resolve_preset
-    from data_pipelines.phantom.writer import _non_empty, build_cohort
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["realism"]:
+        from data_pipelines.phantom import realism
 
+        return realism.main(argv[1:])
+    args = parse_args(argv)
+    from data_pipelines.phantom.presets import resolve_preset
+    from data_pipelines.phantom.writer import _non_empty, build_cohort, select_specs
+
+    subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] \
+        if args.subjects else None
     try:
         preset = resolve_preset(args.preset, healthy=args.healthy, gbm=args.gbm,
-                                site=args.site)
+                                site=args.site, without=args.without)
+        select_specs(preset, args.seed, subjects)
     except ValueError as error:
         print(f"phantom: {error}", file=sys.stderr)
         return 2
@@ -54,7 +76,8 @@ def main(argv=None) -> int:
     if preset.num_subjects == 0:
         print("phantom: the cohort would have no subjects", file=sys.stderr)
         return 2
-    path = build_cohort(out, preset, args.seed, overwrite=args.overwrite)
+    path = build_cohort(out, preset, args.seed, overwrite=args.overwrite, jobs=args.jobs,
+                        subjects=subjects)
     print(path)
     return 0
 

@@ -1,8 +1,17 @@
-"""Subject anatomy: the MNI152 tissue fractions, deformed per subject.
+"""Subject anatomy: the MNI152 tissue maps, deformed per subject, with sharp boundaries.
 
 Source: nilearn's 1 mm MNI152 2009c GM and WM probability maps and brain mask (they ship in
-the wheel and load offline). CSF = clip(brain - GM - WM). The fractions are kept: a voxel is
-a mixture, which is what makes partial volume in MRF realistic.
+the wheel and load offline). CSF = clip(brain - GM - WM).
+
+Phantom v2 (docs/design.md section 8): population probabilities are not partial-volume
+fractions (at 1 mm only ~18% of brain voxels would be > 95% one tissue). Each subject's tissue
+model is a set of level sets with sub-voxel boundary positions: the probabilities are
+thresholded at subject-specific, smoothly varying levels (ribbon thickness, sulcal CSF
+width), and cortical sulci are carved as thin CSF sheets lined with gray matter (the zero set
+of a random field: `sharp_fractions`). Each boundary is integrated exactly over the voxel box
+for a locally planar boundary (`box_fraction`), on a grid 2x finer in-plane than the
+acquisition; block averages then give the acquisition-grid fractions, so mixtures sit only at
+boundaries.
 
 Geometry is a backward map: for each voxel centre of the subject grid (world mm) we compute
 the template point it came from, then interpolate the template fractions there. The chain,
@@ -89,7 +98,9 @@ def mni_template_1mm() -> Template:
     dgm = _deep_gray(gm, wm, affine)
     volumes = {"gm": gm - dgm["from_gm"], "wm": wm - dgm["from_wm"], "csf": csf,
                "brain": brain, "dgm": dgm["from_gm"] + dgm["from_wm"],
-               "dgm_iron_ppm": dgm["iron"]}
+               "dgm_iron_ppm": dgm["iron"], "dgm_prior": dgm["prior"],
+               # raw probabilities: the sharp model thresholds these (parenchyma, WM)
+               "parenchyma": np.clip(gm_wm, 0.0, 1.0), "wm_prob": wm}
     return Template(affine, {k: v.astype(np.float32) for k, v in volumes.items()})
 
 
@@ -114,7 +125,8 @@ def _deep_gray(gm, wm, affine):
             p = 1.0 / (1.0 + np.exp((rho - 1.0) / 0.12))  # soft edge ~1 mm
             iron = np.where(p > prior, chi, iron)
             prior = np.maximum(prior, p)
-    out = {name: np.zeros_like(gm) for name in ("from_gm", "from_wm", "iron")}
+    out = {name: np.zeros_like(gm) for name in ("from_gm", "from_wm", "iron", "prior")}
+    out["prior"][box] = prior
     out["from_gm"][box] = prior * gm[box]
     out["from_wm"][box] = 0.7 * prior * wm[box]
     out["iron"][box] = iron * (out["from_gm"][box] + out["from_wm"][box])
@@ -418,3 +430,110 @@ def _rasterize(curves, template: Template):
     fraction = ndimage.gaussian_filter(thin, 0.5)
     fraction += ndimage.gaussian_filter(thick, max(0.5, 2.5 / v))
     return np.minimum(np.minimum(fraction, 1.0), template.volumes["brain"])
+
+
+# ------------------------------------------------------------------- sharp tissue model
+
+# Subject-specific variation of the level sets: std of the threshold fields (probability
+# units) and their correlation length.
+THRESHOLD_STD = 0.10
+THRESHOLD_CORRELATION_MM = 25.0
+# Sulci: the zero set of a random field of this correlation length (~ gyral spacing), CSF
+# sheets of this width lined with this much gray matter, down to this depth below the
+# brain surface and only where the population WM probability is below WM_CORE.
+SULCUS_CORRELATION_MM = 16.0
+SULCUS_CSF_WIDTH_MM = (0.8, 1.6)
+CORTEX_THICKNESS_MM = (2.2, 3.0)
+SULCUS_DEPTH_MM = 14.0
+WM_CORE = 0.85
+
+
+def box_fraction(values, spacing):
+    """Fraction of each voxel box where `values` > 0, for a boundary that is planar across
+    the voxel: signed distance d = v / |grad v|, and the fraction of a box of sides h cut by
+    a plane of normal n at distance d, approximated by a ramp of the same variance
+    (width sqrt(sum (n_i h_i)^2); exact for a plane parallel to a face)."""
+    grads = np.gradient(values, *spacing)
+    norm = np.sqrt(sum(g * g for g in grads)) + 1e-9
+    width = np.sqrt(sum((g / norm * h) ** 2 for g, h in zip(grads, spacing, strict=True)))
+    return np.clip(0.5 + values / (norm * np.maximum(width, 1e-6)), 0.0, 1.0).astype(
+        np.float32)
+
+
+def random_field_at(rng, points_mm, correlation_mm):
+    """Smooth zero-mean, unit-std field at world points [3, ...] (cubic spline of a smoothed
+    noise lattice of spacing correlation/2 over the points' bounding box)."""
+    flat = points_mm.reshape(3, -1)
+    lo = flat.min(axis=1) - correlation_mm
+    hi = flat.max(axis=1) + correlation_mm
+    spacing = correlation_mm / 2.0
+    shape = [int(np.ceil((b - a) / spacing)) + 1 for a, b in zip(lo, hi, strict=True)]
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape), 1.0, mode="wrap")
+    noise = (noise - noise.mean()) / max(noise.std(), 1e-12)
+    coeffs = ndimage.spline_filter(noise, order=3)
+    idx = [(points_mm[i] - lo[i]) / spacing for i in range(3)]
+    return ndimage.map_coordinates(coeffs, idx, order=3, prefilter=False,
+                                   mode="nearest").astype(np.float32)
+
+
+@dataclasses.dataclass
+class SharpAnatomyDraw:
+    """One subject's draws for the sharp model (drawn even when the effect is off, so that
+    switching it off changes nothing else)."""
+
+    seed: int
+    sulcus_width_mm: float
+    cortex_thickness_mm: float
+
+
+def draw_sharp(rng) -> SharpAnatomyDraw:
+    return SharpAnatomyDraw(int(rng.integers(2**31)), float(rng.uniform(*SULCUS_CSF_WIDTH_MM)),
+                            float(rng.uniform(*CORTEX_THICKNESS_MM)))
+
+
+def sharp_fractions(draw: SharpAnatomyDraw, sampled, world_mm, spacing):
+    """Tissue fractions (wm, cgm, dgm, csf; of the voxel) of the subject's sharp model on a
+    grid, from the template maps `sampled` there (parenchyma, wm_prob, brain, dgm_prior,
+    depth_mm) and the grid's world coordinates [3, ...] (mm) and spacing (mm per axis)."""
+    rng = np.random.default_rng(draw.seed)
+    theta_p = 0.5 + THRESHOLD_STD * random_field_at(rng, world_mm, THRESHOLD_CORRELATION_MM)
+    theta_w = 0.5 + THRESHOLD_STD * random_field_at(rng, world_mm, THRESHOLD_CORRELATION_MM)
+    sulcal = random_field_at(rng, world_mm, SULCUS_CORRELATION_MM)
+    brain = box_fraction(sampled["brain"] - 0.5, spacing)
+    parenchyma = box_fraction(sampled["parenchyma"] - theta_p, spacing) * brain
+    wm = np.minimum(box_fraction(sampled["wm_prob"] - theta_w, spacing), 1.0) * parenchyma
+    # Distance to the sulcal sheet: |g| / |grad g| (mm); gated to the outer cortex.
+    grads = np.gradient(sulcal, *spacing)
+    distance = np.abs(sulcal) / (np.sqrt(sum(g * g for g in grads)) + 1e-9)
+    gate = (np.clip((SULCUS_DEPTH_MM - sampled["depth_mm"]) / 3.0, 0.0, 1.0)
+            * np.clip((WM_CORE - sampled["wm_prob"]) / 0.1, 0.0, 1.0))
+    half = draw.sulcus_width_mm / 2.0
+    sulcus_csf = gate * box_fraction(half - distance, spacing)
+    lining = gate * box_fraction(half + draw.cortex_thickness_mm - distance, spacing)
+    wm = wm * (1.0 - lining)
+    parenchyma_after = parenchyma * (1.0 - sulcus_csf)
+    wm = np.minimum(wm, parenchyma_after)
+    gm = parenchyma_after - wm
+    nucleus = box_fraction(sampled["dgm_prior"] - 0.5, spacing)
+    nucleus = nucleus * (sampled["depth_mm"] > SULCUS_DEPTH_MM)  # nuclei are deep
+    dgm = nucleus * (gm + 0.7 * wm)
+    return {"wm": wm * (1.0 - 0.7 * nucleus), "cgm": gm * (1.0 - nucleus), "dgm": dgm,
+            "csf": np.clip(brain - parenchyma_after, 0.0, 1.0), "brain": brain}
+
+
+def depth_at(points_mm):
+    """Depth below the template brain surface (mm) at template points [3, ...]."""
+    affine, depth, _ = _depth_2mm()
+    inv = np.linalg.inv(affine)
+    idx = [inv[i, i] * points_mm[i] + inv[i, 3] for i in range(3)]
+    return ndimage.map_coordinates(depth, idx, order=1, mode="constant", cval=0.0).astype(
+        np.float32)
+
+
+def purity(fractions, brain_mask, threshold=0.95):
+    """Share of brain-mask voxels in which one tissue holds more than `threshold`."""
+    stack = np.stack([np.asarray(f) for f in fractions.values()])
+    total = np.maximum(stack.sum(axis=0), 1e-9)
+    top = stack.max(axis=0) / total
+    inside = np.asarray(brain_mask) > 0
+    return float(np.mean(top[inside] > threshold))

@@ -1,6 +1,6 @@
-"""One subject at a glance: T1/T2/PD maps, the five contrasts and the label map.
+"""Subjects at a glance: T1/T2/PD maps, the five contrasts and the label map, one row each.
 
-    python -m data_pipelines.phantom.figure --cohort DIR --subject sub-004 --out fig.png
+    python -m data_pipelines.phantom.figure --cohort DIR --subject sub-001,sub-004 --out fig.png
 
 The axial slice goes through the tumor (largest lesion area) or, for a healthy subject, the
 middle of the brain. Slices are shown with np.rot90 (anterior up).
@@ -29,11 +29,7 @@ def _row(cohort_dir, subject):
     raise ValueError(f"subject {subject!r} is not in {cohort_dir}/manifest.csv")
 
 
-def render_subject(cohort_dir: str, subject: str, out_png: str, *, slice_index=None) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _load_subject(cohort_dir, subject):
     import nibabel as nib
 
     row = _row(cohort_dir, subject)
@@ -41,36 +37,63 @@ def render_subject(cohort_dir: str, subject: str, out_png: str, *, slice_index=N
     for name, _ in PANELS + (("brain_mask", ""),):
         if row.get(name):
             volumes[name] = np.asarray(nib.load(os.path.join(cohort_dir, row[name])).dataobj)
+    return row, volumes
+
+
+def _default_slice(volumes):
     mask = volumes["brain_mask"] > 0
-    if slice_index is None:
-        labels = volumes.get("labels")
-        area = (labels > 0).sum(axis=(0, 1)) if labels is not None else None
-        if area is not None and area.max() > 0:
-            slice_index = int(np.argmax(area))
-        else:
-            slice_index = int(np.argmax(mask.sum(axis=(0, 1))) * 0.9 + mask.shape[2] * 0.05)
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(2.3 * len(PANELS), 3.2))
-    for ax, (name, title) in zip(axes, PANELS, strict=True):
-        ax.axis("off")
-        ax.set_title(title, fontsize=9)
-        if name not in volumes:
-            ax.text(0.5, 0.5, "healthy:\nno lesion", ha="center", va="center")
-            continue
-        image = np.rot90(volumes[name][:, :, slice_index])
-        if name == "labels":
-            ax.imshow(np.rot90(volumes["t2flair"][:, :, slice_index]), cmap="gray")
-            ax.imshow(np.ma.masked_equal(image, 0), cmap="brg", vmin=1, vmax=3,
-                      interpolation="nearest", alpha=0.8)
-            continue
-        lo, hi = DISPLAY_RANGE_MS.get(name, (0.0, float(np.percentile(
-            volumes[name][mask], 99.5))))
-        shown = ax.imshow(image, cmap="gray", vmin=lo, vmax=hi)
-        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
-    fig.suptitle(f"{subject} ({row['group']}, site {row['site']}, {row['split']}), "
-                 f"axial slice z={slice_index}; labels: 1 necrosis, 2 edema, 3 enhancing",
-                 fontsize=10)
+    labels = volumes.get("labels")
+    area = (labels > 0).sum(axis=(0, 1)) if labels is not None else None
+    if area is not None and area.max() > 0:
+        return int(np.argmax(area))
+    # a slice through the lateral ventricles and the basal ganglia (~55% up the brain)
+    zs = np.nonzero(mask.any(axis=(0, 1)))[0]
+    return int(zs[0] + 0.55 * (zs[-1] - zs[0]))
+
+
+def render_subject(cohort_dir: str, subject: str, out_png: str, *, slice_index=None) -> str:
+    return render_subjects(cohort_dir, [subject], out_png,
+                           slice_indices=None if slice_index is None else [slice_index])
+
+
+def render_subjects(cohort_dir: str, subjects, out_png: str, *, slice_indices=None) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from qsnet_jax.io import staged_file
+
+    fig, grid = plt.subplots(len(subjects), len(PANELS),
+                             figsize=(2.3 * len(PANELS), 3.0 * len(subjects)), squeeze=False)
+    for r, subject in enumerate(subjects):
+        row, volumes = _load_subject(cohort_dir, subject)
+        mask = volumes["brain_mask"] > 0
+        z = _default_slice(volumes) if slice_indices is None else slice_indices[r]
+        for ax, (name, title) in zip(grid[r], PANELS, strict=True):
+            ax.axis("off")
+            ax.set_title(title if r == 0 else "", fontsize=9)
+            if name not in volumes:
+                ax.text(0.5, 0.5, "healthy:\nno lesion", ha="center", va="center")
+                continue
+            image = np.rot90(volumes[name][:, :, z])
+            if name == "labels":
+                ax.imshow(np.rot90(volumes["t2flair"][:, :, z]), cmap="gray",
+                          vmax=float(np.percentile(volumes["t2flair"][mask], 99.5)))
+                ax.imshow(np.ma.masked_equal(image, 0), cmap="brg", vmin=1, vmax=3,
+                          interpolation="nearest", alpha=0.8)
+                continue
+            lo, hi = DISPLAY_RANGE_MS.get(name, (0.0, float(np.percentile(
+                volumes[name][mask], 99.5))))
+            shown = ax.imshow(image, cmap="gray", vmin=lo, vmax=hi)
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+        grid[r][0].text(-0.08, 0.5, f"{subject}\n{row['group']}, site {row['site']}\nz={z}",
+                        transform=grid[r][0].transAxes, ha="right", va="center", fontsize=8)
+    fig.suptitle("Phantom v2 (axial, anterior up, patient right on the right); labels: "
+                 "1 necrosis, 2 edema, 3 enhancing", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
+    with staged_file(out_png) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return out_png
 
@@ -78,12 +101,15 @@ def render_subject(cohort_dir: str, subject: str, out_png: str, *, slice_index=N
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_pipelines.phantom.figure")
     parser.add_argument("--cohort", required=True)
-    parser.add_argument("--subject", required=True)
+    parser.add_argument("--subject", required=True, help="one id or several, comma-separated")
     parser.add_argument("--out", required=True)
     parser.add_argument("--slice", type=int, default=None)
     args = parser.parse_args(argv)
     try:
-        render_subject(args.cohort, args.subject, args.out, slice_index=args.slice)
+        subjects = [x for x in args.subject.split(",") if x]
+        render_subjects(args.cohort, subjects, args.out,
+                        slice_indices=None if args.slice is None else [args.slice] * len(
+                            subjects))
     except (OSError, ValueError) as error:
         print(f"phantom.figure: {error}", file=sys.stderr)
         return 2

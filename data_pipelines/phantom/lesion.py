@@ -3,7 +3,8 @@ spreads along white matter, mass effect, and hemorrhage in some tumors.
 
 Geometry lives in subject world mm. The tumor surface is a sphere whose radius varies
 smoothly with direction (R0 in 10-30 mm, +-30%) plus small-scale wobble; the enhancing rim is
-2-5 mm thick inside it, the rest is necrosis. Fractions are computed on 1 mm sub-samples of
+1.5-6 mm thick on average and varies strongly around the tumor (1 mm to about twice the
+mean), the rest is necrosis. Fractions are computed on 1 mm sub-samples of
 each voxel, so the rim survives as partial volume at 4 mm. Edema is a geodesic neighbourhood
 of the tumor in which travelling through white matter is cheap and through gray matter or
 CSF expensive (vasogenic edema follows the fibre tracts and spares the cortex).
@@ -50,7 +51,7 @@ def draw_lesion(rng, warp: anatomy.SubjectWarp) -> LesionSpec:
     candidates = world[ok]
     centre_template = candidates[int(rng.integers(len(candidates)))]
     centre = warp.to_subject(centre_template)
-    rim = float(rng.uniform(2.0, 5.0))
+    rim = float(rng.uniform(1.5, 6.0))
     hemorrhages = []
     if rng.uniform() < 0.4:  # hemorrhage foci in some tumors
         for _ in range(int(rng.integers(1, 4))):
@@ -58,7 +59,7 @@ def draw_lesion(rng, warp: anatomy.SubjectWarp) -> LesionSpec:
             offset *= rng.uniform(0.2, 0.7) * radius / np.linalg.norm(offset)
             hemorrhages.append((centre + offset, float(rng.uniform(2.0, 4.0))))
     return LesionSpec(centre_mm=centre, radius_mm=radius, rim_mm=rim,
-                      edema_reach_mm=float(rng.uniform(15.0, 40.0)),
+                      edema_reach_mm=float(rng.uniform(25.0, 60.0)),
                       shape_seed=int(rng.integers(2**31)), hemorrhages=hemorrhages)
 
 
@@ -86,12 +87,11 @@ def tumor_fractions(spec: LesionSpec, shape, affine):
     """Necrosis, enhancing and hemorrhage volume fractions on the grid (1 mm sub-samples)."""
     rng = np.random.default_rng(spec.shape_seed)
     radius_at = _direction_field(rng, 0.35)
-    rim_at = _direction_field(rng, 0.3)
-    voxel_mm = float(affine[0, 0])
+    rim_at = _direction_field(rng, 0.6)
     box = _box(spec, shape, affine, 2.0)
-    sub = max(int(round(voxel_mm)), 1)
-    # sub-sample offsets inside a voxel, centred
-    offsets = (np.arange(sub) + 0.5) / sub - 0.5
+    # ~1 mm sub-samples per axis (the grid may be anisotropic), offsets centred in the voxel
+    subs = [max(int(round(abs(affine[i, i]))), 1) for i in range(3)]
+    offsets = [(np.arange(n) + 0.5) / n - 0.5 for n in subs]
     box_shape = tuple(s.stop - s.start for s in box)
     idx = np.indices(box_shape, dtype=np.float32)
     starts = np.array([s.start for s in box], np.float32)
@@ -99,9 +99,9 @@ def tumor_fractions(spec: LesionSpec, shape, affine):
     wobble_lattice *= 1.5 / max(wobble_lattice.std(), 1e-12)  # mm of surface wobble
     out = {name: np.zeros(box_shape, np.float32) for name in ("necrosis", "enhancing",
                                                               "hemorrhage")}
-    for ox in offsets:
-        for oy in offsets:
-            for oz in offsets:
+    for ox in offsets[0]:
+        for oy in offsets[1]:
+            for oz in offsets[2]:
                 p = [affine[i, i] * (idx[i] + starts[i] + o) + affine[i, 3]
                      for i, o in enumerate((ox, oy, oz))]
                 d = np.stack([p[i] - spec.centre_mm[i] for i in range(3)])
@@ -126,7 +126,7 @@ def tumor_fractions(spec: LesionSpec, shape, affine):
     full = {}
     for name, part in out.items():
         full[name] = np.zeros(shape, np.float32)
-        full[name][box] = part / sub**3
+        full[name][box] = part / float(np.prod(subs))
     return full
 
 

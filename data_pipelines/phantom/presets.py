@@ -1,9 +1,27 @@
-"""Cohort presets: resolution, grid, subject counts and splits, MRF simulation fidelity."""
+"""Cohort presets: resolution, grid, subject counts and splits, MRF simulation fidelity, and
+the acquisition effects of phantom v2 (docs/design.md section 8), each on by default."""
 
 from __future__ import annotations
 
 import dataclasses
 
+# The effects that make the phantom's acquisition differ from the textbook signal equations.
+# Every preset turns all of them on; `--without NAME[,NAME]` (or `effects=` of a preset)
+# switches some off, e.g. for the realism report's one-at-a-time ablation.
+EFFECTS = {
+    "anatomy": "sharp subject-specific tissue boundaries (sulci, ribbon) box-integrated onto "
+               "the grid; off: v1's MNI population probabilities used as fractions",
+    "tse": "T2w / T1-FLAIR / T2-FLAIR as turbo spin echo: EPG echo train with refocusing < 180 "
+           "deg, effective TE and T2 blur along phase encode from the k-space ordering",
+    "t1_sequence": "T1w simulated as the site's sequence (site A MPRAGE-like shot by shot, "
+                   "site B spin echo)",
+    "mt": "magnetization transfer saturation in multi-slice 2D FSE/FLAIR, per site",
+    "b1": "smooth per-subject transmit field B1+ (0.8-1.2) scaling every RF angle, MRF too",
+    "gibbs": "weighted images simulated on a 2x finer in-plane grid, k-space truncated to the "
+             "acquisition matrix (Gibbs ringing, sinc partial volume)",
+    "swi_background": "background field of the air/tissue interfaces (sinuses, ear canals) in "
+                      "the SWI phase",
+}
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
@@ -15,42 +33,60 @@ class Preset:
     num_trs: int  # FISP-MRF shots
     dictionary_step: float  # log step of the matching dictionary
     table_step: float  # log step of the per-tissue fingerprint tables (interpolated)
-    epg_states: int = 64
+    epg_states: int | None = None  # None: the states each tissue needs (physics API)
+    effects: frozenset = frozenset(EFFECTS)
 
     @property
     def num_subjects(self) -> int:
         return sum(count for *_, count in self.splits)
 
 
-def _design(healthy_train, healthy_test, gbm_train, gbm_test, ext_healthy, ext_gbm):
+def _design(healthy_train, healthy_test, gbm_train, gbm_test, gbm_calib, ext_healthy,
+            ext_gbm):
+    # gbm_calib: held-out GBM subjects of site A for conformal calibration of the uncertainty
+    # (never trained on, never tested on); `--gbm` keeps its count.
     return (("healthy_train", "healthy", "A", healthy_train),
             ("healthy_test", "healthy", "A", healthy_test),
             ("gbm_train", "gbm", "A", gbm_train),
             ("gbm_test", "gbm", "A", gbm_test),
+            ("gbm_calib", "gbm", "A", gbm_calib),
             ("external_test", "healthy", "B", ext_healthy),
             ("external_test", "gbm", "B", ext_gbm))
 
 
 PRESETS = {
     # The study design of the paper (20/12 healthy, 9/9 GBM at site A) plus an external
-    # cohort scanned at site B for the generalization test. Full-fidelity MRF: 1000 shots,
-    # 5% dictionary steps (docs/design.md section 5).
-    "paper": Preset("paper", 1, (192, 224), _design(20, 12, 9, 9, 6, 6),
+    # cohort scanned at site B for the generalization test, and 4 GBM calibration subjects.
+    # Full-fidelity MRF: 1000 shots, 5% dictionary steps (docs/design.md section 5).
+    "paper": Preset("paper", 1, (192, 224), _design(20, 12, 9, 9, 4, 6, 6),
                     num_trs=1000, dictionary_step=0.05, table_step=0.03),
     # The same design at 2 mm with fewer subjects: the CPU quick start.
-    "quick": Preset("quick", 2, (96, 112), _design(4, 2, 3, 3, 2, 2),
+    "quick": Preset("quick", 2, (96, 112), _design(4, 2, 3, 3, 2, 2, 2),
                     num_trs=1000, dictionary_step=0.05, table_step=0.03),
     # Tests and the smoke run. Coarser MRF so that the cohort builds in seconds: 10%
     # dictionary steps (maps are coarser-quantized than in the other presets) and 32 EPG
-    # states. The schedule keeps its 1000 shots: a 400-shot train was measured to hide the
-    # partial-volume bias that the cohort exists to show (GM/CSF voxels matched nearly right).
-    "tiny": Preset("tiny", 4, (48, 56), _design(2, 1, 2, 1, 1, 1),
+    # states (CSF fingerprints ~1e-2 of peak off; quick and paper keep every state they
+    # need, to 1e-4). The schedule
+    # keeps its 1000 shots: a 400-shot train was measured to hide the partial-volume bias
+    # that the cohort exists to show (GM/CSF voxels matched nearly right).
+    "tiny": Preset("tiny", 4, (48, 56), _design(2, 1, 2, 1, 1, 1, 1),
                    num_trs=1000, dictionary_step=0.10, table_step=0.06, epg_states=32),
 }
 
 
+def parse_effects(without: str | None) -> frozenset:
+    """All effects minus the comma-separated names in `without` (ValueError on an unknown
+    name)."""
+    names = [n.strip() for n in (without or "").split(",") if n.strip()]
+    unknown = [n for n in names if n not in EFFECTS]
+    if unknown:
+        raise ValueError(f"--without: unknown effect {unknown[0]!r}; known: "
+                         f"{', '.join(EFFECTS)}")
+    return frozenset(EFFECTS) - frozenset(names)
+
+
 def resolve_preset(name: str, *, healthy: int | None = None, gbm: int | None = None,
-                   site: str | None = None) -> Preset:
+                   site: str | None = None, without: str | None = None) -> Preset:
     """The named preset, optionally with other site-A counts or every subject at one site.
 
     `healthy`/`gbm` replace the site-A totals, split 60/40 (healthy) and 50/50 (GBM) between
@@ -77,4 +113,4 @@ def resolve_preset(name: str, *, healthy: int | None = None, gbm: int | None = N
         if site not in ("A", "B"):
             raise ValueError(f"unknown site {site!r}; known: A, B")
         splits = [(s, g, site, n) for s, g, _, n in splits]
-    return dataclasses.replace(preset, splits=tuple(splits))
+    return dataclasses.replace(preset, splits=tuple(splits), effects=parse_effects(without))

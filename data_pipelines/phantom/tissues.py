@@ -59,9 +59,20 @@ HEALTHY_TISSUES = ("wm", "cgm", "dgm", "csf", "vein")
 LESION_TISSUES = ("necrosis", "enhancing", "edema", "hemorrhage")
 RANGES = {t.name: t for t in TISSUE_RANGES}
 
-# Relative amplitude (1 std) of the smooth within-tissue T1 and T2 fields.
+# Relative amplitude (1 std) of the smooth within-tissue T1 and T2 fields, and their
+# correlation length (mm).
 WITHIN_TISSUE_T1_STD = 0.03
 WITHIN_TISSUE_T2_STD = 0.04
+WITHIN_TISSUE_CORRELATION_MM = 25.0
+# Necrosis is heterogeneous (liquefied pockets next to coagulated debris): larger, shorter
+# range variation (phantom v2, docs/design.md section 8).
+HETEROGENEITY = {"necrosis": (0.10, 0.15, 6.0)}  # t1 std, t2 std, correlation mm
+
+
+def within_tissue(name: str):
+    """(t1 std, t2 std, correlation mm) of tissue `name`'s within-tissue fields."""
+    return HETEROGENEITY.get(name, (WITHIN_TISSUE_T1_STD, WITHIN_TISSUE_T2_STD,
+                                    WITHIN_TISSUE_CORRELATION_MM))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +102,9 @@ def field_bounds(name: str, num_std: float = 4.0):
     """The (T1, T2) box that any voxel of tissue `name` can take: the population range widened
     by `num_std` within-tissue standard deviations (fingerprint tables must cover it)."""
     tissue = RANGES[name]
-    t1_lo = tissue.t1_ms[0] * np.exp(-num_std * WITHIN_TISSUE_T1_STD)
-    t1_hi = tissue.t1_ms[1] * np.exp(num_std * WITHIN_TISSUE_T1_STD)
-    t2_lo = tissue.t2_ms[0] * np.exp(-num_std * WITHIN_TISSUE_T2_STD)
-    t2_hi = tissue.t2_ms[1] * np.exp(num_std * WITHIN_TISSUE_T2_STD)
+    t1_std, t2_std, _ = within_tissue(name)
+    t1_lo = tissue.t1_ms[0] * np.exp(-num_std * t1_std)
+    t1_hi = tissue.t1_ms[1] * np.exp(num_std * t1_std)
+    t2_lo = tissue.t2_ms[0] * np.exp(-num_std * t2_std)
+    t2_hi = tissue.t2_ms[1] * np.exp(num_std * t2_std)
     return (t1_lo, t1_hi), (t2_lo, t2_hi)

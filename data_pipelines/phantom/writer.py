@@ -1,9 +1,15 @@
-"""Writing a cohort: NIfTI files, manifest.csv, atomic build, and the cached `ensure_cohort`.
+"""Writing a cohort: NIfTI files, manifest.csv, the MRF subspace basis, a parallel build into
+a staged folder (qsnet_jax.io.staged_dir), and the cached `ensure_cohort`.
 
 A cohort is built in a temporary sibling folder and renamed onto DIR only when complete
 (qsnet_jax.io.staged_dir), so an interrupted build never leaves a folder that looks like a
 cohort. Two processes racing to build the same cached cohort both finish; the first rename
 wins and the loser uses the winner's result.
+
+Subjects are simulated in worker processes (`jobs`, default every core). Each subject draws
+from its own seed (cohort seed, subject number) and the MRF model is built once by the parent
+and handed to the workers, so the files are byte-identical whatever the number of jobs.
+Workers are spawned, not forked: the parent has JAX's thread pools running.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import multiprocessing
 import os
 import sys
 import time
@@ -20,13 +27,19 @@ import numpy as np
 
 from data_pipelines.phantom import simulate
 from data_pipelines.phantom.presets import Preset, resolve_preset
-from qsnet_jax.io import staged_dir
+from qsnet_jax.io import staged_dir, write_json
 
 MANIFEST_COLUMNS = ("subject", "group", "site", "split", "t1map", "t2map", "pdmap", "t1w",
-                    "t2w", "t1flair", "t2flair", "swi", "brain_mask", "labels")
+                    "t2w", "t1flair", "t2flair", "swi", "brain_mask", "labels", "mrf_subspace")
+# Bumped whenever the files a seed produces change meaning; part of the cache path so that a
+# cache of an older phantom is never mistaken for the current one.
+COHORT_FORMAT = "v2"
+BASIS_FILE = "mrf_basis.npy"
+BASIS_INFO_FILE = "mrf_basis.json"
 FLOAT_VOLUMES = ("t1map", "t2map", "pdmap", "t1w", "t2w", "t1flair", "t2flair", "swi")
 UNITS = {"t1map": "T1 ms", "t2map": "T2 ms", "pdmap": "PD relative", "brain_mask": "mask",
-         "labels": "labels 1 necrosis 2 edema 3 enhancing"}
+         "labels": "labels 1 necrosis 2 edema 3 enhancing",
+         "mrf_subspace": "MRF rank-k coefficients: k real then k imaginary"}
 
 
 def subject_specs(preset: Preset, seed: int) -> list[simulate.SubjectSpec]:
@@ -64,11 +77,11 @@ def write_subject(root: str, spec: simulate.SubjectSpec, volumes) -> dict:
     os.makedirs(folder, exist_ok=True)
     row = {"subject": spec.subject, "group": spec.group, "site": spec.site,
            "split": spec.split, "labels": ""}
-    names = list(FLOAT_VOLUMES) + ["brain_mask"]
+    names = list(FLOAT_VOLUMES) + ["brain_mask", "mrf_subspace"]
     if volumes.get("labels") is not None:
         names.append("labels")
     for name in names:
-        dtype = np.float32 if name in FLOAT_VOLUMES else np.uint8
+        dtype = np.uint8 if name in ("brain_mask", "labels") else np.float32
         data = np.ascontiguousarray(volumes[name], dtype=dtype)
         relative = f"{spec.subject}/{name}.nii.gz"
         with open(os.path.join(root, relative), "wb") as f:
@@ -90,37 +103,130 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def build_into(root: str, preset: Preset, seed: int, *, log=None) -> None:
-    """Simulate every subject of `preset` and write the cohort into the (empty) folder."""
-    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+def subspace_channels(coefficients):
+    """Complex coefficients [X, Y, Z, k] -> float32 [X, Y, Z, 2k]: real parts, then imaginary
+    parts. The projection of a complex fingerprint onto the temporal basis is complex, and
+    its phase carries the sign of the signal (an inverted, not yet recovered train is
+    negative): a magnitude alone would lose it."""
+    return np.concatenate([coefficients.real, coefficients.imag], axis=-1).astype(np.float32)
+
+
+def write_basis(root: str, model, preset: Preset) -> None:
+    """The dictionary's temporal basis (complex64 [T, k]) and its description."""
+    basis = np.asarray(model.dictionary.basis).astype(np.complex64)
+    with open(os.path.join(root, BASIS_FILE), "wb") as f:
+        np.save(f, basis, allow_pickle=False)
+    write_json(os.path.join(root, BASIS_INFO_FILE), {
+        "file": BASIS_FILE, "dtype": "complex64", "shape": list(basis.shape),
+        "rank": int(basis.shape[1]), "num_trs": int(basis.shape[0]),
+        "what": "orthonormal temporal basis (top right singular vectors) of the B1-free "
+                "FISP-MRF matching dictionary; the fingerprint of a voxel is approximated "
+                "by basis @ coefficients",
+        "schedule": f"qsnet_jax.physics.mrf.fisp_schedule({preset.num_trs})",
+        "dictionary_step": preset.dictionary_step,
+        "subject_file": "mrf_subspace.nii.gz: float32 [X, Y, Z, 2k]; channels 0..k-1 are "
+                        "the real parts and k..2k-1 the imaginary parts of the coefficients "
+                        "basis^H @ fingerprint of the simulated scanner fingerprint (receive "
+                        "field and phase, B1, partial volume and noise included). Complex "
+                        "because the receive phase rotates the signed signal; a magnitude "
+                        "would lose the sign.",
+        "energy_kept": float(model.dictionary.energy_kept)})
+
+
+def select_specs(preset: Preset, seed: int, subjects=None):
+    """The subjects of the preset, or only those named in `subjects` (ValueError if unknown)."""
     specs = subject_specs(preset, seed)
+    if not subjects:
+        return specs
+    known = {s.subject for s in specs}
+    unknown = [name for name in subjects if name not in known]
+    if unknown:
+        raise ValueError(f"--subjects: {unknown[0]!r} is not in preset {preset.name} "
+                         f"(sub-001 .. sub-{len(specs):03d})")
+    return [s for s in specs if s.subject in set(subjects)]
+
+
+_WORKER = {}
+
+
+def _init_worker(preset, model):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _WORKER.update(preset=preset, model=model)
+
+
+def _build_one(job):
+    root, spec = job
+    start = time.perf_counter()
+    volumes = simulate.simulate_subject(spec, _WORKER["preset"], model=_WORKER["model"])
+    row = write_subject(root, spec, volumes)
+    return row, volumes["t1map"].shape, time.perf_counter() - start
+
+
+def run_parallel(fn, items, preset, model, jobs=None, *, lazy=False):
+    """fn(item) for every item, in order, in `jobs` spawned worker processes that hold the
+    preset and the MRF model (module global _WORKER); jobs 1 runs in this process. With
+    `lazy`, a generator (results as they come, in order)."""
+    jobs = max(1, min(int(jobs or default_jobs()), len(items)))
+    _WORKER.update(preset=preset, model=model)
+    if jobs == 1:
+        results = map(fn, items)
+        return results if lazy else list(results)
+
+    def generate():
+        pool = multiprocessing.get_context("spawn").Pool(
+            jobs, initializer=_init_worker, initargs=(preset, simulate.picklable(model)))
+        try:
+            yield from pool.imap(fn, items)
+        finally:
+            pool.terminate()
+            pool.join()
+    return generate() if lazy else list(generate())
+
+
+def default_jobs() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
+
+
+def build_into(root: str, preset: Preset, seed: int, *, jobs=None, subjects=None,
+               log=None) -> dict:
+    """Simulate the subjects of `preset` (all, or those named) and write the cohort into the
+    (empty) folder. Returns {subject: seconds} (each subject's own build time)."""
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    specs = select_specs(preset, seed, subjects)
+    jobs = max(1, min(int(jobs or default_jobs()), len(specs)))
     start = time.perf_counter()
     model = simulate.model_for(preset)
-    log(f"phantom {preset.name}: MRF dictionary of {model.dictionary.num_entries} entries x "
-        f"{preset.num_trs} shots ready in {time.perf_counter() - start:.1f} s; "
-        f"{len(specs)} subjects at {preset.voxel_mm} mm")
-    rows = []
-    for i, spec in enumerate(specs, 1):
-        volumes = simulate.simulate_subject(spec, preset, model=model)
-        rows.append(write_subject(root, spec, volumes))
+    write_basis(root, model, preset)
+    log(f"phantom {preset.name} ({COHORT_FORMAT}): MRF dictionary of "
+        f"{model.dictionary.num_entries} entries x {preset.num_trs} shots ready in "
+        f"{time.perf_counter() - start:.1f} s; {len(specs)} subjects at {preset.voxel_mm} mm, "
+        f"{jobs} job(s); effects: {', '.join(sorted(preset.effects)) or 'none'}")
+    rows, seconds = [], {}
+    results = run_parallel(_build_one, [(root, spec) for spec in specs], preset, model, jobs,
+                           lazy=True)
+    for i, (spec, (row, shape, took)) in enumerate(zip(specs, results, strict=True), 1):
+        rows.append(row)
+        seconds[spec.subject] = took
         elapsed = time.perf_counter() - start
         eta = elapsed / i * (len(specs) - i)
         log(f"  [{i}/{len(specs)}] {spec.subject} {spec.group:7s} site {spec.site} "
-            f"{spec.split:13s} {volumes['t1map'].shape}  elapsed {_format_seconds(elapsed)}"
-            f"  eta {_format_seconds(eta)}")
+            f"{spec.split:13s} {shape}  {took:.1f} s  elapsed "
+            f"{_format_seconds(elapsed)}  eta {_format_seconds(eta)}")
     write_manifest(root, rows)
+    return seconds
 
 
 def build_cohort(out_dir: str, preset: Preset | str, seed: int = 0, *, overwrite=False,
-                 log=None) -> str:
-    """Build a cohort atomically at `out_dir` (qsnet_jax.io.staged_dir); returns its path.
+                 jobs=None, subjects=None, log=None) -> str:
+    """Build a cohort atomically at `out_dir`; returns its path.
 
     Raises FileExistsError when `out_dir` exists and is not empty, unless `overwrite`.
     """
     preset = resolve_preset(preset) if isinstance(preset, str) else preset
     out_dir = os.path.abspath(os.path.expanduser(out_dir))
     with staged_dir(out_dir, if_exists="replace" if overwrite else "error") as tmp:
-        build_into(tmp, preset, seed, log=log)
+        build_into(tmp, preset, seed, jobs=jobs, subjects=subjects, log=log)
     return out_dir
 
 
@@ -130,18 +236,20 @@ def _non_empty(path: str) -> bool:
 
 
 def cohort_path(preset: str, seed: int, cache_dir: str) -> str:
-    return os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), f"{preset}-seed{seed}")
+    return os.path.join(os.path.abspath(os.path.expanduser(cache_dir)),
+                        f"{preset}-{COHORT_FORMAT}-seed{seed}")
 
 
-def ensure_cohort(preset: str, seed: int, cache_dir: str, *, log=None) -> str:
-    """The phantom cohort `preset` with `seed` under `cache_dir` (cache_dir/<preset>-seed<seed>),
-    built atomically the first time. Safe when several processes race: each builds into its
-    own temporary folder, the first to finish wins, the others discard theirs."""
+def ensure_cohort(preset: str, seed: int, cache_dir: str, *, jobs=None, log=None) -> str:
+    """The phantom cohort `preset` with `seed` under `cache_dir`
+    (cache_dir/<preset>-<format>-seed<seed>), built atomically the first time. Safe when
+    several processes race: the first to finish publishes, the others discard theirs."""
     path = cohort_path(preset, seed, cache_dir)
     if os.path.isfile(os.path.join(path, "manifest.csv")):
         return path
+    resolved = resolve_preset(preset)
     with staged_dir(path, if_exists="keep") as tmp:
-        build_into(tmp, resolve_preset(preset), seed, log=log)
+        build_into(tmp, resolved, seed, jobs=jobs, log=log)
     if not os.path.isfile(os.path.join(path, "manifest.csv")):
         raise FileExistsError(f"{path} exists but holds no manifest.csv: remove it")
     return path
