@@ -46,6 +46,9 @@ def _residual_unet(model_config, *, deep_supervision, target_channels, **_):
         dropout=model_config.dropout,
         output_activation=model_config.output_activation,
         deep_supervision=deep_supervision,
+        upsample=layers.check_upsample(model_config.get("upsample", "transposed")),
+        conv_weight_grad=layers.check_conv_weight_grad(
+            model_config.get("conv_weight_grad", "per_sample")),
         dtype=layers.compute_dtype(model_config.dtype),
     )
 
