@@ -3,9 +3,9 @@
 Run by `experiments/bench_train.py --torch_python=...` in a separate interpreter that has
 torch (never a dependency of the project, which never imports this file). Same network as
 qsnet_jax.models.ResidualUNet with base_width 32, depth 4, two residual blocks per level,
-bottleneck 512, GroupNorm (gcd(width, 32) groups) + SiLU, 2x2 stride-2 transposed-conv
-up-sampling, one sigmoid 1x1 head; same parameter count. Same step: 100 * L1, Adam
-(b1 0.5, b2 0.999), global-norm clipping to 1, EMA of the weights.
+bottleneck 512, GroupNorm (gcd(width, 32) groups) + SiLU, the up-sampling of
+config.model.upsample (--upsample), one sigmoid 1x1 head; same parameter count. Same step:
+100 * L1, Adam (b1 0.5, b2 0.999), global-norm clipping to 1, EMA of the weights.
 
   python benchmarks/torch_resunet_twin.py --variants=eager,channels_last,compile --steps=3
 prints one JSON line per variant: {"variant", "params", "step_seconds_median", ...}.
@@ -48,8 +48,17 @@ class ResidualBlock(nn.Module):
         return F.silu(h + self.skip(x))
 
 
+def upsampling(below: int, width: int, kind: str) -> nn.Module:
+    """As qsnet_jax.models.layers.make_upsample: "transposed" or resize + 3x3 conv."""
+    if kind == "transposed":
+        return nn.ConvTranspose2d(below, width, 2, stride=2)
+    mode = kind.removesuffix("_conv")
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode=mode),
+                         nn.Conv2d(below, width, 3, padding=1))
+
+
 class ResidualUNet(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, upsample: str = "transposed"):
         super().__init__()
         self.stem = nn.Conv2d(in_channels, WIDTHS[0], 3, padding=1)
         self.encoder = nn.ModuleList()
@@ -65,7 +74,7 @@ class ResidualUNet(nn.Module):
         self.decoder = nn.ModuleList()
         for level, width in enumerate(WIDTHS):
             below = WIDTHS[level + 1] if level + 1 < len(WIDTHS) else BOTTLENECK
-            self.up.append(nn.ConvTranspose2d(below, width, 2, stride=2))
+            self.up.append(upsampling(below, width, upsample))
             self.decoder.append(nn.Sequential(ResidualBlock(2 * width, width),
                                               ResidualBlock(width, width)))
         self.head = nn.Conv2d(WIDTHS[0], out_channels, 1)
@@ -103,8 +112,9 @@ def make_step(model, ema, optimizer):
 def time_variant(variant: str, args) -> dict:
     torch.manual_seed(0)
     memory_format = torch.channels_last if variant == "channels_last" else torch.contiguous_format
-    model = ResidualUNet(args.in_channels, args.out_channels).to(memory_format=memory_format)
-    ema = ResidualUNet(args.in_channels, args.out_channels)
+    model = ResidualUNet(args.in_channels, args.out_channels, args.upsample).to(
+        memory_format=memory_format)
+    ema = ResidualUNet(args.in_channels, args.out_channels, args.upsample)
     ema.load_state_dict(model.state_dict())
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.5, 0.999))
     forward = torch.compile(model) if variant == "compile" else model
@@ -138,6 +148,8 @@ def main():
     parser.add_argument("--width", type=int, default=224)
     parser.add_argument("--in_channels", type=int, default=3)
     parser.add_argument("--out_channels", type=int, default=5)
+    parser.add_argument("--upsample", default="transposed",
+                        choices=("transposed", "nearest_conv", "bilinear_conv"))
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()

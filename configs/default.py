@@ -67,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
     disc.num_scales = 2
     disc.norm = "instance"
     disc.spectral_norm = False
+    disc.conv_weight_grad = "per_sample"  # per_sample | xla (as model.conv_weight_grad)
 
     # ---------------------------------------------------------------- loss
     config.loss = loss = ml_collections.ConfigDict()

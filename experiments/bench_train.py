@@ -66,7 +66,8 @@ def main(argv):
     if FLAGS.torch_python:
         torch_records = benchmarking.run_torch_twin(
             FLAGS.torch_python, FLAGS.torch_twin, variants=FLAGS.torch_variants,
-            steps=FLAGS.steps, in_channels=len(config.data.input_channels),
+            steps=FLAGS.steps, upsample=config.model.upsample,
+            in_channels=len(config.data.input_channels),
             out_channels=len(config.data.target_channels), **size)
     elif FLAGS.torch_slices_per_s > 0:
         torch_records = [{"variant": "torch_given", "slices_per_sec": FLAGS.torch_slices_per_s}]

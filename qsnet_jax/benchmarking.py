@@ -109,13 +109,13 @@ def time_train_step(config: ml_collections.ConfigDict, *, height: int, width: in
 
 def run_torch_twin(torch_python: str, twin_script: str, *, variants: str, batch_size: int,
                    height: int, width: int, in_channels: int, out_channels: int,
-                   steps: int) -> list[dict]:
+                   steps: int, upsample: str = "transposed") -> list[dict]:
     """Run the PyTorch twin in `torch_python` (a separate interpreter with torch) and return
     its one record per variant. Raises RuntimeError with the twin's last output on failure."""
     command = [torch_python, twin_script, f"--variants={variants}",
                f"--batch_size={batch_size}", f"--height={height}", f"--width={width}",
                f"--in_channels={in_channels}", f"--out_channels={out_channels}",
-               f"--steps={steps}"]
+               f"--steps={steps}", f"--upsample={upsample}"]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"the torch twin failed ({' '.join(command)}):\n"

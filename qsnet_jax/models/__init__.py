@@ -133,7 +133,9 @@ def build_discriminator(disc_config):
     return ConditionalDiscriminator(
         base_width=disc_config.base_width, num_layers=disc_config.num_layers,
         num_scales=num_scales, norm=disc_config.norm,
-        spectral_norm=disc_config.spectral_norm)
+        spectral_norm=disc_config.spectral_norm,
+        conv_weight_grad=layers.check_conv_weight_grad(
+            disc_config.get("conv_weight_grad", "per_sample")))
 
 
 def is_encoder_param(path) -> bool:
