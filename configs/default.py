@@ -135,6 +135,8 @@ def paper_config() -> ml_collections.ConfigDict:
     model.output_activation = "sigmoid"  # sigmoid | none
     model.deep_supervision = True  # auxiliary output heads at every decoder scale
     model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+    model.upsample = "transposed"  # transposed | nearest_conv | bilinear_conv (decoder 2x)
+    model.conv_weight_grad = "per_sample"  # per_sample | xla: conv weight gradient (CPU speed)
     # pix2pix U-Net-256 generator: ngf of Isola et al. 2017
     model.pix2pix_base_width = 64
     # Swin generator
@@ -156,6 +158,7 @@ def paper_config() -> ml_collections.ConfigDict:
     disc.num_scales = 2
     disc.norm = "instance"
     disc.spectral_norm = False
+    disc.conv_weight_grad = "per_sample"  # per_sample | xla (as model.conv_weight_grad)
 
     # ---------------------------------------------------------------- loss
     config.loss = loss = ml_collections.ConfigDict()

@@ -52,6 +52,9 @@ def _residual_unet(model_config, *, deep_supervision, target_channels, **_):
         dropout=model_config.dropout,
         output_activation=model_config.output_activation,
         deep_supervision=deep_supervision,
+        upsample=layers.check_upsample(model_config.get("upsample", "transposed")),
+        conv_weight_grad=layers.check_conv_weight_grad(
+            model_config.get("conv_weight_grad", "per_sample")),
         dtype=layers.compute_dtype(model_config.dtype),
     )
 
@@ -146,7 +149,9 @@ def build_discriminator(disc_config):
     return ConditionalDiscriminator(
         base_width=disc_config.base_width, num_layers=disc_config.num_layers,
         num_scales=num_scales, norm=disc_config.norm,
-        spectral_norm=disc_config.spectral_norm)
+        spectral_norm=disc_config.spectral_norm,
+        conv_weight_grad=layers.check_conv_weight_grad(
+            disc_config.get("conv_weight_grad", "per_sample")))
 
 
 def is_encoder_param(path) -> bool:

@@ -29,12 +29,14 @@ class PatchGAN(nn.Module):
     num_layers: int = 3
     norm: str = "instance"
     spectral_norm: bool = False
+    conv_weight_grad: str = "per_sample"  # layers.CONV_WEIGHT_GRADS
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         def conv(h, features, stride, name, use_bias=True):
-            layer = nn.Conv(features, (4, 4), strides=(stride, stride),
-                            padding=((1, 1), (1, 1)), use_bias=use_bias, name=name)
+            layer = layers.make_conv(self.conv_weight_grad, features, (4, 4),
+                                     strides=(stride, stride), padding=((1, 1), (1, 1)),
+                                     use_bias=use_bias, name=name)
             if self.spectral_norm:
                 # Power-iteration state lives in "batch_stats"; it advances only in training.
                 return nn.SpectralNorm(layer, name=f"{name}_sn")(h, update_stats=train)
@@ -61,6 +63,7 @@ class ConditionalDiscriminator(nn.Module):
     num_scales: int = 1
     norm: str = "instance"
     spectral_norm: bool = False
+    conv_weight_grad: str = "per_sample"  # layers.CONV_WEIGHT_GRADS
 
     @nn.compact
     def __call__(self, condition, image, train: bool = False) -> list[Any]:
@@ -75,7 +78,7 @@ class ConditionalDiscriminator(nn.Module):
                                 count_include_pad=False)
             self._check_size(x.shape[1:3], scale)
             patchgan = PatchGAN(self.base_width, self.num_layers, self.norm,
-                                self.spectral_norm, name=f"scale_{scale}")
+                                self.spectral_norm, self.conv_weight_grad, name=f"scale_{scale}")
             logits.append(patchgan(x, train))
         return logits
 

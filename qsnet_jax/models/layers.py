@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from jax import lax
 
 Dtype = Any
 
@@ -23,6 +26,11 @@ OUTPUT_ACTIVATIONS = {"sigmoid": nn.sigmoid, "none": lambda x: x, "tanh": jnp.ta
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # GroupNorm uses up to this many groups (Wu & He 2018); fewer when the width is not divisible.
 MAX_GROUPS = 32
+# How a convolution's weight gradient is computed (config.model.conv_weight_grad):
+# "per_sample" sums one XLA weight-gradient convolution per sample (see `conv2d`), "xla" is
+# flax's nn.Conv as is.
+CONV_WEIGHT_GRADS = ("per_sample", "xla")
+CONV_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
 def activation_fn(name: str) -> Callable:
@@ -54,6 +62,87 @@ def check_norm(name: str) -> str:
     return name
 
 
+def check_conv_weight_grad(name: str) -> str:
+    if name not in CONV_WEIGHT_GRADS:
+        raise ValueError(f"unknown conv_weight_grad {name!r}; known: {list(CONV_WEIGHT_GRADS)}")
+    return name
+
+
+def _conv(x, kernel, strides, padding):
+    return lax.conv_general_dilated(x, kernel, strides, padding,
+                                    dimension_numbers=CONV_DIMENSIONS)
+
+
+def conv2d(x, kernel, strides: tuple[int, int], padding):
+    """An NHWC x HWIO convolution whose weight gradient is a sum over samples.
+
+    Forward and input gradient are XLA's own. The weight gradient of a whole batch is one
+    convolution that XLA's CPU backend runs at 5-6 GFLOP/s for 32-64 channels at 192x224
+    (batch 8); the same gradient taken one sample at a time runs 3-5x faster (DESIGN.md
+    section 7; `experiments/bench_train.py` measures the step). Same result up to the order
+    of the summation.
+    """
+    return _per_sample_conv(x, kernel, tuple(strides), _hashable(padding))
+
+
+def _hashable(padding):
+    return padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _per_sample_conv(x, kernel, strides, padding):
+    return _conv(x, kernel, strides, padding)
+
+
+def _per_sample_conv_fwd(x, kernel, strides, padding):
+    return _conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _per_sample_conv_bwd(strides, padding, residuals, grad):
+    x, kernel = residuals
+    _, input_vjp = jax.vjp(lambda a: _conv(a, kernel, strides, padding), x)
+    (grad_x,) = input_vjp(grad)
+    grad_kernel = jnp.zeros(kernel.shape, jnp.float32)
+    for n in range(x.shape[0]):
+        _, kernel_vjp = jax.vjp(lambda k, n=n: _conv(x[n:n + 1], k, strides, padding), kernel)
+        grad_kernel = grad_kernel + kernel_vjp(grad[n:n + 1])[0].astype(jnp.float32)
+    return grad_x, grad_kernel.astype(kernel.dtype)
+
+
+_per_sample_conv.defvjp(_per_sample_conv_fwd, _per_sample_conv_bwd)
+
+
+class PerSampleGradConv(nn.Module):
+    """nn.Conv for NHWC images (same parameters, names, initializers and padding) whose
+    weight gradient is the per-sample sum of `conv2d`."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: Any = "SAME"
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (*self.kernel_size, x.shape[-1], self.features), self.param_dtype)
+        bias = (self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+                if self.use_bias else None)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = conv2d(x, kernel, self.strides, self.padding)
+        return y if bias is None else y + bias
+
+
+def make_conv(weight_grad: str, features: int, kernel_size, **kwargs) -> nn.Module:
+    """A convolution layer: flax's nn.Conv ("xla") or PerSampleGradConv ("per_sample"); both
+    have the same parameter tree, so checkpoints move between them."""
+    if check_conv_weight_grad(weight_grad) == "xla":
+        return nn.Conv(features, kernel_size, **kwargs)
+    return PerSampleGradConv(features, tuple(kernel_size), **kwargs)
+
+
 def normalize(x, kind: str, *, train: bool, dtype: Dtype = jnp.float32, name: str | None = None):
     """Apply the normalization `kind` to NHWC `x`. Call inside a compact method.
 
@@ -81,6 +170,7 @@ class ResidualBlock(nn.Module):
     norm: str = "group"
     activation: str = "silu"
     dropout: float = 0.0
+    conv_weight_grad: str = "per_sample"  # see CONV_WEIGHT_GRADS
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -88,8 +178,9 @@ class ResidualBlock(nn.Module):
         act = activation_fn(self.activation)
         # A bias before a normalization is cancelled by it; keep one only without norm.
         use_bias = self.norm == "none"
-        conv = lambda name: nn.Conv(self.features, (3, 3), padding="SAME", use_bias=use_bias,
-                                    dtype=self.dtype, name=name)
+        conv = lambda name: make_conv(self.conv_weight_grad, self.features, (3, 3),
+                                      padding="SAME", use_bias=use_bias, dtype=self.dtype,
+                                      name=name)
         h = conv("conv_0")(x)
         h = act(normalize(h, self.norm, train=train, dtype=self.dtype, name="norm_0"))
         if self.dropout > 0:
@@ -98,7 +189,8 @@ class ResidualBlock(nn.Module):
         h = normalize(h, self.norm, train=train, dtype=self.dtype, name="norm_1")
         skip = x
         if x.shape[-1] != self.features:
-            skip = nn.Conv(self.features, (1, 1), dtype=self.dtype, name="skip_projection")(x)
+            skip = make_conv(self.conv_weight_grad, self.features, (1, 1), dtype=self.dtype,
+                             name="skip_projection")(x)
         return act(h + skip)
 
 
@@ -127,6 +219,45 @@ class MatmulUpsample2x(nn.Module):
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         y = jnp.dot(x.reshape(-1, channels), kernel.reshape(channels, 4 * self.features))
         return depth_to_space(y.reshape(batch, height, width, 4 * self.features), 2) + bias
+
+
+class ResizeConvUpsample2x(nn.Module):
+    """A learned 2x up-sampling as a fixed resize ("nearest" or "bilinear") followed by a 3x3
+    convolution: every output pixel gets the same kernel, so no checkerboard can come from
+    the up-sampling itself (Odena et al. 2016, "Deconvolution and checkerboard artifacts")."""
+
+    features: int
+    method: str = "nearest"
+    conv_weight_grad: str = "per_sample"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        batch, height, width, channels = x.shape
+        if self.method == "nearest":
+            x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        else:
+            x = jax.image.resize(x, (batch, 2 * height, 2 * width, channels), self.method)
+        return make_conv(self.conv_weight_grad, self.features, (3, 3), padding="SAME",
+                         dtype=self.dtype, name="conv")(x)
+
+
+# config.model.upsample -> how the decoder doubles the resolution
+UPSAMPLINGS = ("transposed", "nearest_conv", "bilinear_conv")
+
+
+def check_upsample(name: str) -> str:
+    if name not in UPSAMPLINGS:
+        raise ValueError(f"unknown upsample {name!r}; known: {list(UPSAMPLINGS)}")
+    return name
+
+
+def make_upsample(kind: str, features: int, *, conv_weight_grad: str, dtype: Dtype,
+                  name: str) -> nn.Module:
+    if check_upsample(kind) == "transposed":
+        return MatmulUpsample2x(features, dtype=dtype, name=name)
+    return ResizeConvUpsample2x(features, method=kind.removesuffix("_conv"),
+                                conv_weight_grad=conv_weight_grad, dtype=dtype, name=name)
 
 
 def pad_to_multiple(x, multiple: int):

@@ -41,6 +41,8 @@ class ResidualUNet(nn.Module):
     dropout: float = 0.0
     output_activation: str = "sigmoid"
     deep_supervision: bool = True
+    upsample: str = "transposed"  # layers.UPSAMPLINGS
+    conv_weight_grad: str = "per_sample"  # layers.CONV_WEIGHT_GRADS
     dtype: Any = jnp.float32
 
     def level_width(self, level: int) -> int:
@@ -51,9 +53,11 @@ class ResidualUNet(nn.Module):
         x, size = layers.pad_to_multiple(x.astype(self.dtype), 2**self.depth)
         block = lambda features, name: layers.ResidualBlock(
             features, norm=self.norm, activation=self.activation, dropout=self.dropout,
-            dtype=self.dtype, name=name)
+            conv_weight_grad=self.conv_weight_grad, dtype=self.dtype, name=name)
+        conv = lambda *args, **kwargs: layers.make_conv(self.conv_weight_grad, *args,
+                                                        dtype=self.dtype, **kwargs)
 
-        h = nn.Conv(self.level_width(0), (3, 3), dtype=self.dtype, name="stem")(x)
+        h = conv(self.level_width(0), (3, 3), name="stem")(x)
         skips = []
         for level in range(self.depth):
             for b in range(self.blocks_per_level):
@@ -61,15 +65,15 @@ class ResidualUNet(nn.Module):
             skips.append(h)
             next_width = (self.level_width(level + 1) if level + 1 < self.depth
                           else self.bottleneck_width)
-            h = nn.Conv(next_width, (3, 3), strides=(2, 2), dtype=self.dtype,
-                        name=f"encoder_{level}_down")(h)
+            h = conv(next_width, (3, 3), strides=(2, 2), name=f"encoder_{level}_down")(h)
         for b in range(self.blocks_per_level):
             h = block(self.bottleneck_width, f"encoder_bottleneck_block_{b}")(h, train)
 
         heads = []
         for level in reversed(range(self.depth)):
             width = self.level_width(level)
-            h = layers.MatmulUpsample2x(width, dtype=self.dtype, name=f"decoder_{level}_up")(h)
+            h = layers.make_upsample(self.upsample, width, conv_weight_grad=self.conv_weight_grad,
+                                     dtype=self.dtype, name=f"decoder_{level}_up")(h)
             h = jnp.concatenate([h, skips[level]], axis=-1)
             for b in range(self.blocks_per_level):
                 h = block(width, f"decoder_{level}_block_{b}")(h, train)

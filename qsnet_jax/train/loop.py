@@ -228,7 +228,7 @@ def train_stage(config: ml_collections.ConfigDict, *, stage: str, stage_dir: str
     per_process_batch = None
     pending_metrics = []
     last_scores = {}
-    interval_start, interval_steps = time.time(), 0
+    timer = StepTimer()
     nan_step = int(train_config.get("inject_nan_at_step", -1))
 
     def meta(step, scores=None):
@@ -269,34 +269,46 @@ def train_stage(config: ml_collections.ConfigDict, *, stage: str, stage_dir: str
                                   score)
 
     for step in range(start_step + 1, total_steps + 1):
+        input_start = time.perf_counter()
         batch = first_batch if first_batch is not None else next(batch_iterator)
         first_batch = None
         if step == nan_step:
             batch = poison_batch(batch)
         per_process_batch = per_process_batch or int(np.asarray(batch["inputs"]).shape[0])
-        state, metrics = train_step(state, mesh_lib.global_batch(batch, mesh, batch_keys))
+        global_batch = mesh_lib.global_batch(batch, mesh, batch_keys)
+        timer.input_seconds += time.perf_counter() - input_start
+        state, metrics = train_step(state, global_batch)  # dispatched; runs while we loop on
         pending_metrics.append(metrics)
-        interval_steps += 1
+        if step == start_step + 1:
+            # The first call compiles: wait for it once so the logged step time starts after
+            # the compilation (the only host sync outside the logging steps).
+            jax.block_until_ready(metrics)
+            log(f"[{stage}] first step (compilation included) took "
+                f"{time.perf_counter() - timer.start:.1f}s")
+            timer.restart()
+        else:
+            timer.steps += 1
         report_progress(step, time.time())
 
         is_last = step == total_steps
-        if step % train_config.log_every_steps == 0 or is_last:
+        logged = step % train_config.log_every_steps == 0 or is_last
+        if logged:
             check_finite(step)
             means = {k: float(np.mean([float(m[k]) for m in jax.device_get(pending_metrics)]))
                      for k in pending_metrics[-1]}
             pending_metrics = []
-            elapsed = max(time.time() - interval_start, 1e-9)
-            steps_per_sec = interval_steps / elapsed
-            slices_per_sec = steps_per_sec * per_process_batch * jax.process_count()
-            means["slices_per_sec"] = slices_per_sec
+            means.update(timer.rates(per_process_batch * jax.process_count()))
             writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
+            steps_per_sec = 1.0 / means["step_seconds"] if means.get("step_seconds") else 0.0
             eta = (total_steps - step) / steps_per_sec if steps_per_sec > 0 else float("inf")
             losses = " ".join(f"{k}={means[k]:.4g}" for k in
                               ("generator_loss", "l1", "deep_supervision", "adversarial",
                                "ssim_loss", "discriminator_loss") if k in means)
+            timing = (f"{means['step_seconds']:.3f} s/step, {means['slices_per_sec']:.2f} "
+                      f"slices/s, input {means['input_seconds_per_step']:.3f} s/step"
+                      if "step_seconds" in means else "timing from the next interval")
             log(f"[{stage}] step {step}/{total_steps} | {losses} | lr={means['learning_rate']:.3g}"
-                f" | {slices_per_sec:.2f} slices/s | ETA {_format_duration(eta)}")
-            interval_start, interval_steps = time.time(), 0
+                f" | {timing} | ETA {_format_duration(eta)}")
 
         if step % train_config.image_every_steps == 0 or is_last:
             predictor.variables = state.generator_variables(use_ema=use_ema)
@@ -311,6 +323,10 @@ def train_stage(config: ml_collections.ConfigDict, *, stage: str, stage_dir: str
         if step % train_config.checkpoint_every_steps == 0 or is_last:
             check_finite(step)
             checkpoints.save_state(manager, state, meta(step, last_scores))
+        if logged:
+            # Images, validation and checkpoints (which follow a logging step, if any) are
+            # not training steps: the next interval starts after them.
+            timer.restart(sync=state.step)
     check_finite(total_steps)
     if start_step >= total_steps and validate is not None and best.latest_step() is None:
         run_validation(total_steps)
@@ -318,6 +334,32 @@ def train_stage(config: ml_collections.ConfigDict, *, stage: str, stage_dir: str
     best.wait_until_finished()
     writer.flush()
     return StageResult(stage, stage_dir, state, total_steps, best_score, last_scores)
+
+
+class StepTimer:
+    """Wall time per training step over a logging interval, and the host's share of it spent
+    getting batches. Steps run asynchronously; the interval ends when the host reads the
+    interval's metrics, which waits for its last step, so wall time / steps is the step
+    time the benchmark (experiments/bench_train.py) measures plus any host overhead."""
+
+    def __init__(self):
+        self.restart()
+
+    def restart(self, sync=None):
+        if sync is not None:
+            jax.block_until_ready(sync)
+        self.start = time.perf_counter()
+        self.steps = 0
+        self.input_seconds = 0.0
+
+    def rates(self, global_batch_size: int) -> dict:
+        """{"step_seconds", "slices_per_sec", "input_seconds_per_step"} since the last restart
+        ({} before any timed step); call after the interval's metrics were read."""
+        if self.steps == 0:
+            return {}
+        step_seconds = (time.perf_counter() - self.start) / self.steps
+        return {"step_seconds": step_seconds, "slices_per_sec": global_batch_size / step_seconds,
+                "input_seconds_per_step": self.input_seconds / self.steps}
 
 
 def recorded_best_score(best_manager) -> float | None:
