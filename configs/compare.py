@@ -35,5 +35,6 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         "pix2pix": ("cgan",) + baseline,
         "swin": ("swin",) + baseline,
         "physics": ("model.name=physics", "discriminator.name=none"),
+        "pervoxel": ("model.name=pervoxel", "discriminator.name=none"),
     }, sort_keys=False)  # run and tabulated in this order
     return config

@@ -22,6 +22,7 @@ from experiments.cli import UserError, write_atomic
 
 STAGE_DONE = "done.json"
 MODEL_SUMMARY = "model_summary.json"
+TRAINING_CURVES = "training_curves.png"
 
 
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -306,7 +307,26 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                  "best_metric": config.train.best_metric, "last_scores": result.last_scores},
                 indent=2))
         results.append(result)
+    if _is_chief():
+        write_training_curves(config, workdir)
     return results
+
+
+def write_training_curves(config: ml_collections.ConfigDict, workdir: str):
+    """WORKDIR/training_curves.png: loss and validation scores against steps, every stage."""
+    from qsnet_jax import figures  # noqa: PLC0415
+    from qsnet_jax.io import staged_file  # noqa: PLC0415
+
+    scalars = {stage: figures.read_scalars(os.path.join(workdir, stage, "tensorboard"))
+               for stage in config.stages
+               if os.path.isdir(os.path.join(workdir, stage, "tensorboard"))}
+    if not scalars:
+        return
+    fig = figures.training_curves_figure(
+        scalars, contrast_names=tuple(config.data.target_channels),
+        title=f"{config.model.name}: convergence ({os.path.basename(workdir.rstrip('/'))})")
+    with staged_file(os.path.join(workdir, TRAINING_CURVES)) as tmp, open(tmp, "wb") as f:
+        f.write(figures.png_bytes(fig))
 
 
 def stage_done(stage_dir: str, steps: int) -> bool:
