@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
     data.intensity_jitter = 0.05  # augmentation: +-5% gain on qualitative inputs only
     data.shuffle_buffer = 2048
     data.prefetch = 2
+    # decoded training/validation slices kept in memory per split and process, in MiB
+    # (0 = none): from the second epoch on, batches come from memory
+    data.cache_mb = 2048
     data.tfds_data_dir = ""  # where TFDS writes prepared data; empty: <cohort>/tfds
     data.convert_seconds = False  # T1/T2 maps given in seconds are multiplied by 1000
     data.resample = False  # modalities on another grid are resampled onto the T1 map's grid
