@@ -29,7 +29,7 @@ def get_config():
     # before the adversary joins. Evaluation runs on whole slices.
     config.data.patch_size = 64
     config.data.tumor_patch_fraction = 0.25
-    config.loss.adversarial_start_step = 300
+    config.loss.adversarial_start_step = 500
     config.pretrain.steps = 800
     config.pretrain.learning_rate = 1e-3
     config.finetune.steps = 400
