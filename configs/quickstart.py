@@ -1,7 +1,12 @@
 """The CPU quick start: QS-Net through both stages on the quick phantom cohort, then the
-report and figures of the GBM test split. About 15 minutes on a 2-core CPU.
+report and figures of the GBM test split.
 
   python -m experiments.main --config=configs/quickstart.py --workdir=runs/quickstart
+
+Measured (issue 12, v1 quick phantom, under load: two CPU jobs on a 2-core machine): the
+800 pre-training steps took 25 min (about 1 step/s while L1-only, 0.45 step/s with the
+adversary); not yet timed on a quiet machine. WORKDIR/training_curves.png and TensorBoard
+(WORKDIR/<stage>/tensorboard) show the loss and validation scores against steps.
 
 The quick phantom cohort (2 mm, 96x112 slices) is built into ~/.cache/qsnet_jax/phantom the
 first time (about 1.5 minutes).
