@@ -1,5 +1,6 @@
 """The paper's model comparison: QS-Net, Res-UNet, pix2pix cGAN, Swin and the physics baseline
-(signal equations with per-contrast scales fitted on the training data), each trained under
+(signal equations with per-contrast scales fitted on the training data) and the per-voxel
+MLP (the floor a spatial model must clear), each trained under
 the same two-stage schedule on the same data, scored on the GBM test set, with Wilcoxon
 signed-rank tests of QS-Net against each other model.
 
@@ -24,7 +25,7 @@ study trains many variants: `tiny` is smaller than configs/default.py:tiny (1 + 
 
 import ml_collections
 
-from configs import cgan, default, physics, resunet, swin
+from configs import cgan, default, pervoxel, physics, resunet, swin
 
 # What a study size changes on top of the paper settings ({dotted key: value}).
 STUDY_SIZE_CHANGES = {
@@ -88,5 +89,6 @@ def get_config(size=None) -> ml_collections.ConfigDict:
     config.study = study_section(
         split="gbm_test", reference="qsnet", title="Model comparison (GBM test set)",
         variants={"qsnet": (), "resunet": (resunet.apply,), "pix2pix": (cgan.apply,),
-                  "swin": (swin.apply,), "physics": (physics.apply,)})
+                  "swin": (swin.apply,), "physics": (physics.apply,),
+                  "pervoxel": (pervoxel.apply,)})
     return config

@@ -96,8 +96,11 @@ class SplitView:
     patch_shape: tuple | None = None  # training on patches of this (H, W); None: whole slices
     tumor_patch_fraction: float = 0.0  # share of patches placed on a tumor voxel (when any)
     subspace_planes: int = 0  # 2k of the cohort's mrf_subspace (0: none)
+    cache_bytes: int = 0  # decoded slices kept in memory up to this many bytes (0: none)
 
     def __post_init__(self):
+        self._cache: dict = {}
+        self._cached_bytes = 0
         n = len(self.source)
         self.example_subject = np.zeros(n, np.int32)
         self.example_slice = np.zeros(n, np.int32)
@@ -122,6 +125,25 @@ class SplitView:
         return value[..., None] if value.ndim == 2 else value
 
     def _read(self, index):
+        """The example's arrays this view uses, decoded; kept in memory while the cache has
+        room (training reads every slice once per epoch: decoding all of an example's
+        zlib-compressed channels, used or not, would otherwise bound the step rate)."""
+        index = int(index)
+        cached = self._cache.get(index)
+        if cached is not None:
+            return cached
+        example = self._decode(index)
+        if self.cache_bytes > 0:
+            keep = set(self.input_channels) | set(self.target_channels) | {"brain_mask",
+                                                                           "labels"}
+            example = {k: v for k, v in example.items() if k in keep}
+            size = sum(np.asarray(v).nbytes for v in example.values())
+            if self._cached_bytes + size <= self.cache_bytes:
+                self._cache[index] = example
+                self._cached_bytes += size
+        return example
+
+    def _decode(self, index):
         example = self.source[int(index)]
         s = self.example_subject[index]
         subject_id = example["subject_id"]
@@ -231,10 +253,14 @@ def open_split(cohort_dir, split, data_config) -> SplitView:
         raise ValueError(f"split '{split}' of {cohort_dir}: subject(s) lack channel(s) the "
                          f"config asks for: {missing}")
     source = builder.as_data_source(split)
+    cache_mb = float(_get(data_config, "cache_mb", 0))
+    if cache_mb < 0:
+        raise ValueError(f"config.data.cache_mb must be >= 0 (0 = no cache), got {cache_mb}")
     return SplitView(source=source, split=split, subjects=subjects, input_channels=inputs,
                      target_channels=targets, context=context,
                      slice_shape=tuple(builder.builder_config.slice_shape),
-                     subspace_planes=builder.builder_config.subspace_planes)
+                     subspace_planes=builder.builder_config.subspace_planes,
+                     cache_bytes=int(cache_mb * 2**20))
 
 
 def _dataset(view: SplitView, plan: Iterable, *, batch_size, drop_remainder, prefetch):

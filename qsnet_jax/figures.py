@@ -14,6 +14,7 @@ no display backend); ``png_bytes`` renders one for the caller to write.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -258,3 +259,83 @@ def png_bytes(fig: Figure, *, dpi: int = 100) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
+
+
+def read_scalars(log_dir: str) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...] sorted by step} from the TensorBoard event files of
+    `log_dir` (the training loop's `<stage>/tensorboard`); {} when there are none."""
+    from tensorboard.backend.event_processing import event_accumulator  # noqa: PLC0415
+
+    if not os.path.isdir(log_dir):
+        return {}
+    accumulator = event_accumulator.EventAccumulator(
+        log_dir, size_guidance={event_accumulator.TENSORS: 0, event_accumulator.SCALARS: 0})
+    accumulator.Reload()
+    scalars: dict[str, dict[int, float]] = {}
+    tags = accumulator.Tags()
+    for tag in tags.get("scalars", []):  # TF1-style summaries
+        for event in accumulator.Scalars(tag):
+            scalars.setdefault(tag, {})[int(event.step)] = float(event.value)
+    for tag in tags.get("tensors", []):  # tf.summary.scalar in TF2 writes tensors
+        for event in accumulator.Tensors(tag):
+            value = np.asarray(_tensor_value(event.tensor_proto))
+            if value.size == 1:
+                scalars.setdefault(tag, {})[int(event.step)] = float(value.reshape(()))
+    return {tag: sorted(values.items()) for tag, values in scalars.items()}
+
+
+def _tensor_value(proto):
+    from tensorboard.util import tensor_util  # noqa: PLC0415
+
+    return tensor_util.make_ndarray(proto)
+
+
+def training_curves_figure(scalars_by_stage: Mapping[str, Mapping[str, Sequence]], *,
+                           contrast_names: Sequence[str], title: str = "") -> Figure:
+    """Convergence of a run: the stages one after the other on a common step axis.
+
+    Panels: training pixel L1 (every logged interval), validation MAE x100 and PSNR per
+    contrast (whole brain), and validation tumor MAE x100 when it was logged. Validation of
+    each stage runs on its own split (healthy before fine-tuning, GBM during it), so the
+    curves jump at a stage boundary (dotted line).
+    scalars_by_stage: {stage: {tag: [(step, value), ...]}} in stage order (read_scalars).
+    """
+    has_tumor = any(f"val/{c}/mae_tumor" in tags for tags in scalars_by_stage.values()
+                    for c in contrast_names)
+    panels = [("train/l1", "training L1 (normalized)"),
+              ("mae", "validation MAE x100 (brain)"),
+              ("psnr", "validation PSNR dB (brain)")]
+    if has_tumor:
+        panels.append(("mae_tumor", "validation MAE x100 (tumor)"))
+    fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    colors = {c: f"C{i}" for i, c in enumerate(contrast_names)}
+    offset = 0
+    for index, (stage, tags) in enumerate(scalars_by_stage.items()):
+        last = 0
+        for ax, (metric, label) in zip(axes, panels, strict=True):
+            series = ([("l1", tags.get(metric, []))] if metric.startswith("train/")
+                      else [(c, tags.get(f"val/{c}/{metric}", [])) for c in contrast_names])
+            for name, points in series:
+                if not points:
+                    continue
+                steps, values = zip(*points, strict=True)
+                last = max(last, max(steps))
+                ax.plot(np.asarray(steps) + offset, values, marker="." if name != "l1" else None,
+                        color=colors.get(name, "k"),
+                        label=(contrast_title(name) if name in colors else None)
+                        if index == 0 else None)
+            ax.set_title(label, fontsize=10)
+            ax.set_xlabel("step (stages in order)")
+            if offset:
+                ax.axvline(offset, color="gray", linestyle=":", linewidth=1)
+        axes[0].text(offset, 1.0, f" {stage}", transform=axes[0].get_xaxis_transform(),
+                     fontsize=8, va="top")
+        offset += last
+    axes[0].set_yscale("log")
+    if len(axes) > 1:
+        axes[1].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig

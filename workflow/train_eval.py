@@ -28,7 +28,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from data_pipelines import input_pipeline
-from qsnet_jax import io, losses, metrics, models
+from qsnet_jax import figures, io, losses, metrics, models
 from qsnet_jax.physics import channels
 from qsnet_jax.train import checkpoints, loop, optim
 from qsnet_jax.train import mesh as mesh_lib
@@ -38,6 +38,7 @@ from workflow.errors import UserError
 STAGE_DONE = "done.json"
 MODEL_SUMMARY = "model_summary.json"
 PHYSICS = "physics"
+TRAINING_CURVES = "training_curves.png"
 
 
 # ------------------------------------------------------------------ checks before any work
@@ -220,6 +221,19 @@ def _broadcast_json(value):
 # ------------------------------------------------------------------ stages
 
 
+def write_training_curves(config: ml_collections.ConfigDict, workdir: str):
+    """WORKDIR/training_curves.png: loss and validation scores against steps, every stage."""
+    scalars = {stage: figures.read_scalars(os.path.join(workdir, stage, "tensorboard"))
+               for stage in config.stages
+               if os.path.isdir(os.path.join(workdir, stage, "tensorboard"))}
+    if not scalars:
+        return
+    fig = figures.training_curves_figure(
+        scalars, contrast_names=tuple(config.data.target_channels),
+        title=f"{config.model.name}: convergence ({os.path.basename(workdir.rstrip('/'))})")
+    io.write_bytes(os.path.join(workdir, TRAINING_CURVES), figures.png_bytes(fig))
+
+
 def stage_done(stage_dir: str, steps: int) -> bool:
     path = os.path.join(stage_dir, STAGE_DONE)
     if not os.path.exists(path):
@@ -325,6 +339,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, make_parents: bool =
                 "steps": result.steps, "best_score": result.best_score,
                 "best_metric": config.train.best_metric, "last_scores": result.last_scores})
         results.append(result)
+    if is_chief():
+        write_training_curves(config, workdir)
     return results
 
 

@@ -212,6 +212,12 @@ def train_stage(config: ml_collections.ConfigDict, *, stage: str, stage_dir: str
         steps.make_train_step(config, generator, discriminator, gen_optimizer, disc_optimizer,
                               gen_schedule),
         state_sharding, mesh, batch_keys)
+    # L1-only warm-up: its own step function for the first steps of the stage
+    adversarial_start = int(config.loss.get("adversarial_start_step", 0)) if discriminator else 0
+    warmup_step = mesh_lib.compile_train_step(
+        steps.make_train_step(config, generator, discriminator, gen_optimizer, disc_optimizer,
+                              gen_schedule, warmup=True),
+        state_sharding, mesh, batch_keys) if adversarial_start > 0 else None
     variables_sharding = {"params": state_sharding.ema_params, **state_sharding.gen_state}
     predictor = _Predictor(generator, mesh, variables_sharding)
     use_ema = bool(config.eval.use_ema)
@@ -277,7 +283,9 @@ def train_stage(config: ml_collections.ConfigDict, *, stage: str, stage_dir: str
         per_process_batch = per_process_batch or int(np.asarray(batch["inputs"]).shape[0])
         global_batch = mesh_lib.global_batch(batch, mesh, batch_keys)
         timer.input_seconds += time.perf_counter() - input_start
-        state, metrics = train_step(state, global_batch)  # dispatched; runs while we loop on
+        step_fn = warmup_step if warmup_step is not None and step <= adversarial_start \
+            else train_step
+        state, metrics = step_fn(state, global_batch)  # dispatched; runs while we loop on
         pending_metrics.append(metrics)
         if step == start_step + 1:
             # The first call compiles: wait for it once so the logged step time starts after
