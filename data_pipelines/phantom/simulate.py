@@ -603,7 +603,7 @@ def weighted_contrasts(rng, ctx):
         truth[name] = np.abs(clean).astype(np.float32)
         scale = float(np.exp(rng.uniform(np.log(300.0), np.log(3000.0))))
         snr = rng.uniform(30.0, 60.0)
-        wm_level = _pure_wm_signal(protocol, ctx["params"])
+        wm_level = _white_matter_level(truth[name], ctx, protocol)
         sigma = scale * wm_level / snr
         noise = rng.normal(0.0, sigma, (2,) + shape).astype(np.float32)
         if name != "swi":
@@ -656,6 +656,17 @@ def gre_signal(protocol, fields, b1):
     def fn(pd, t1, t2star, flip_deg):
         return signal.gre_magnitude(pd, t1, t2star, protocol.tr_ms, protocol.te_ms, flip_deg)
     return _split(_padded_call(jax.jit(fn), columns + [flip]), parts)
+
+
+def _white_matter_level(image, ctx, protocol):
+    """The median noise-free signal of nearly pure white matter in `image`: the level the SNR
+    is defined against. Taken from the simulated acquisition itself, since a sequence (an
+    MPRAGE's small-flip readout, say) can sit far below the textbook equation's level; the
+    textbook value stands in only when a subject has no such voxel."""
+    pure_wm = (ctx["fractions"]["wm"] > 0.95) & (ctx["brain_mask"] > 0)
+    if np.count_nonzero(pure_wm) >= 10:
+        return max(float(np.median(image[pure_wm])), 1e-6)
+    return _pure_wm_signal(protocol, ctx["params"])
 
 
 def _pure_wm_signal(protocol, params):
