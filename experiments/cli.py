@@ -38,7 +38,7 @@ def config_flags_parser(argv):
         cause = error.__cause__ or error.__context__
         if isinstance(cause, KeyError):
             _fail_unknown_key(cause)
-        fail(_first_line(str(error)))
+        fail(_config_file_error(str(error)))
     except (ValueError, TypeError) as error:
         fail(f"bad --config override: {_first_line(str(error))}")
 
@@ -72,6 +72,16 @@ def _fail_unknown_key(error):
     named = [k for k in keys if repr(k.split(".")[-1]) in repr(str(error))]
     fail(f"unknown config key {(named or keys or ['config'])[0]!r} "
          "(every key and its default is in configs/default.py)")
+
+
+def _config_file_error(text: str) -> str:
+    """A config file that raised while loading (a bad size, say) comes as a traceback: its
+    first line names the flag, its last line the exception; keep those two."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and "Error whilst parsing config file" in lines[0]:
+        flag = lines[0].split(": Error whilst parsing")[0]
+        return f"{flag}: {lines[-1].split(': ', 1)[-1]}"
+    return _first_line(text)
 
 
 def _first_line(text: str) -> str:
