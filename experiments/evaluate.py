@@ -14,7 +14,6 @@ import os
 from collections.abc import Sequence
 
 from experiments import cli
-from workflow import evaluate
 
 
 def main(argv: Sequence[str] | None = None):
@@ -27,6 +26,8 @@ def main(argv: Sequence[str] | None = None):
     parser.add_argument("--subjects", default="", help="comma-separated subset of the split")
     parser.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA weights")
     args = parser.parse_args(argv)
+    from workflow import evaluate  # after parsing: a usage error answers in a second
+
     result = cli.run(evaluate.evaluate_workdir, args.workdir, split=args.split,
                      stage=args.stage, cohort_dir=args.cohort,
                      subjects=[s for s in args.subjects.split(",") if s],

@@ -15,7 +15,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import cli
-from workflow import train_eval
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file, optionally with a size "
@@ -27,6 +26,9 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
     config = cli.load_config(FLAGS, argv)
+    # imported once the flags parsed: a bad flag answers in a second, not after TensorFlow
+    from workflow import train_eval
+
     cli.run(train_eval.run, config, FLAGS.workdir or cli.default_workdir(FLAGS),
             make_parents=FLAGS.workdir is None)
 

@@ -16,6 +16,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from qsnet_jax import models
+from qsnet_jax.train import loop, optim
+from qsnet_jax.train import mesh as mesh_lib
+from qsnet_jax.train import steps as steps_lib
+from qsnet_jax.train.state import init_train_state
+
 
 def flops_of(compiled) -> float:
     """FLOPs of a compiled program from XLA's cost analysis (nan when it has none)."""
@@ -53,12 +59,6 @@ def time_train_step(config: ml_collections.ConfigDict, *, height: int, width: in
                     batch_size: int, steps: int) -> dict:
     """Compile the real training step (the one train_stage runs: generator and discriminator
     updates, EMA, NaN gate) and time `steps` calls after one warm-up call."""
-    from qsnet_jax import models  # noqa: PLC0415
-    from qsnet_jax.train import loop, optim  # noqa: PLC0415
-    from qsnet_jax.train import mesh as mesh_lib  # noqa: PLC0415
-    from qsnet_jax.train import steps as steps_lib  # noqa: PLC0415
-    from qsnet_jax.train.state import init_train_state  # noqa: PLC0415
-
     generator, discriminator = loop.build_models(config)
     batch = random_batch(config, batch_size, height, width)
     schedule = optim.make_lr_schedule(config.optim, 2e-4, 1000)

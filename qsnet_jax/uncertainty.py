@@ -40,6 +40,8 @@ import numpy as np
 import optax
 from scipy import stats
 
+from qsnet_jax.inference import synthesize_volume
+
 DEFAULT_LEVEL = 0.9
 SCALE_FLOOR = 1e-4  # smallest sigma: keeps |e| / sigma finite where the scale says "exact"
 LOG_SCALE_LIMIT = 8.0  # sigma stays within base * e^(+-8)
@@ -199,7 +201,6 @@ class ResidualScaleNet(nn.Module):
     untrained net is the constant scale (the mean |error| of each contrast) and training can
     only shape it. Two poolings, so any H, W (padded inside to a multiple of 4).
     """
-
     base_scales: tuple[float, ...]
     width: int = 16
     levels: int = 2
@@ -315,8 +316,6 @@ def make_scale_fn(module: ResidualScaleNet, variables) -> Callable:
 def predict_scale(scale_fn: Callable, inputs, prediction, brain_mask, *,
                   batch_size: int = 16) -> np.ndarray:
     """sigma ``[X, Y, Z, C]`` of one subject from its inputs, prediction and brain mask."""
-    from qsnet_jax.inference import synthesize_volume  # noqa: PLC0415 (no cycle; keeps it lazy)
-
     features = scale_features(inputs, prediction, brain_mask)
     return synthesize_volume(scale_fn, features, batch_size=batch_size)
 

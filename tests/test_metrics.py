@@ -137,7 +137,8 @@ def test_no_tumor_keys_without_tumor_voxels():
     pred, target, brain, _ = _structured_subject(rng)
     scores = metrics.score_volume(pred[..., 0], target[..., 0], brain,
                                   np.zeros(brain.shape, np.uint8))
-    assert set(scores["channel0"]) == {"mae", "ssim", "psnr"}
+    # whole-brain scores only (NMI is whole-brain, tests/test_regions_nmi.py): no *_tumor key
+    assert set(scores["channel0"]) == {"mae", "ssim", "psnr", "nmi"}
 
 
 def test_score_volume_rejects_bad_input():

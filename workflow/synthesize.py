@@ -298,32 +298,17 @@ def synthesize_manifest(config, module, variables, manifest_path: str, out_dir: 
                         for name in names} for r in records}
 
 
-def stage_uncertainty(model_path: str):
-    """The fitted uncertainty of the model's stage, or None (a note on stderr)."""
-    from workflow import uncertainty  # noqa: PLC0415 (it uses this module)
-
-    try:
-        stage_dir = uncertainty.stage_dir_of(model_path)
-    except (FileNotFoundError, ValueError):
-        return None
-    model = uncertainty.load_uncertainty(stage_dir)
-    if model is None:
-        print(f"note: {stage_dir} has no fitted uncertainty (run experiments.evaluate on it "
-              "with a cohort holding config.uncertainty.calibration_split): no "
-              "*_uncertainty files", file=sys.stderr, flush=True)
-    return model
-
-
 def synthesize_command(model_path: str, input_paths: Mapping[str, str], out_dir: str, *,
                        mask_path: str = "", manifest: str = "", subjects: Sequence[str] = (),
                        convert_seconds: bool = False, resample: bool = False,
                        batch_size: int = 0, use_ema: bool = True, overwrite: bool = False,
-                       with_uncertainty: bool = True,
+                       uncertainty_loader: Callable | None = None,
                        model_loader: Callable = load_model) -> dict:
     """What `experiments.synthesize` does: check the arguments (before loading anything),
     load the model, synthesize one subject's files or a whole manifest. With
-    ``with_uncertainty`` and a stage whose uncertainty is fitted (evaluate fits it, see
-    workflow.uncertainty), each contrast gets its ``<contrast>_uncertainty.nii.gz``."""
+    an ``uncertainty_loader`` (workflow.uncertainty.stage_uncertainty) and a stage whose
+    uncertainty is fitted (evaluate fits it), each contrast gets its
+    ``<contrast>_uncertainty.nii.gz``."""
     given = {name: path for name, path in input_paths.items() if path}
     if manifest and (given or mask_path):
         raise UserError("--manifest synthesizes a cohort; do not also pass input files")
@@ -340,7 +325,7 @@ def synthesize_command(model_path: str, input_paths: Mapping[str, str], out_dir:
     config, module, variables = model_loader(model_path, use_ema=use_ema)
     options = {"convert_seconds": convert_seconds, "resample": resample,
                "batch_size": batch_size or None, "overwrite": overwrite,
-               "uncertainty_model": stage_uncertainty(model_path) if with_uncertainty
+               "uncertainty_model": uncertainty_loader(model_path) if uncertainty_loader
                else None}
     if manifest:
         return synthesize_manifest(config, module, variables, manifest, out_dir,

@@ -25,6 +25,7 @@ import numpy as np
 from qsnet_jax import inference, io
 from qsnet_jax import uncertainty as unc
 from qsnet_jax.models import segmenter
+from qsnet_jax.train import checkpoints
 from workflow import cohorts, synthesize
 from workflow.errors import UserError
 
@@ -50,8 +51,6 @@ def enabled(config, name: str) -> bool:
 def checkpoint_id(stage_dir: str) -> str:
     """The stage's best-or-latest checkpoint step dir and its mtime ("" without one): the
     fitted uncertainty belongs to that generator and is refitted when it changes."""
-    from qsnet_jax.train import checkpoints  # noqa: PLC0415
-
     try:
         step_dir = checkpoints.resolve_checkpoint(stage_dir, prefer_best=True)
     except FileNotFoundError:
@@ -62,8 +61,6 @@ def checkpoint_id(stage_dir: str) -> str:
 def stage_dir_of(model_path: str) -> str:
     """The stage folder of a work dir, stage dir or checkpoint step dir (where the stage's
     uncertainty lives)."""
-    from qsnet_jax.train import checkpoints  # noqa: PLC0415 (orbax loads only when needed)
-
     step_dir = checkpoints.resolve_checkpoint(model_path, prefer_best=True)
     return os.path.dirname(os.path.dirname(step_dir))
 
@@ -71,7 +68,6 @@ def stage_dir_of(model_path: str) -> str:
 @dataclasses.dataclass
 class UncertaintyModel:
     """A fitted scale estimate plus its conformal quantiles; ``half_width`` applies both."""
-
     method: str
     level: float
     quantiles: dict[str, float]
@@ -327,3 +323,15 @@ def downstream_dice(segment_fn, target, prediction, brain_mask, labels, *,
     return scores
 
 
+def stage_uncertainty(model_path: str):
+    """The fitted uncertainty of the model's stage, or None (a note on stderr)."""
+    try:
+        stage_dir = stage_dir_of(model_path)
+    except (FileNotFoundError, ValueError):
+        return None
+    model = load_uncertainty(stage_dir)
+    if model is None:
+        print(f"note: {stage_dir} has no fitted uncertainty (run experiments.evaluate on it "
+              "with a cohort holding config.uncertainty.calibration_split): no "
+              "*_uncertainty files", file=sys.stderr, flush=True)
+    return model

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from qsnet_jax.inference import synthesize_volume
+
 NUM_CLASSES = 4
 SUBREGIONS = {"necrosis": (1,), "edema": (2,), "enhancing": (3,), "whole_tumor": (1, 2, 3)}
 DICE_CONVENTION = (
@@ -136,8 +138,6 @@ def make_segment_fn(module: TumorSegmenter, variables) -> Callable:
 
 def segment_volume(segment_fn: Callable, volume, brain_mask, *, batch_size: int = 16):
     """Labels ``[X, Y, Z]`` (uint8, 0 outside the brain) of a contrast volume ``[X, Y, Z, C]``."""
-    from qsnet_jax.inference import synthesize_volume  # noqa: PLC0415
-
     probabilities = synthesize_volume(segment_fn, volume, batch_size=batch_size)
     labels = np.argmax(probabilities, axis=-1).astype(np.uint8)
     return np.where(np.asarray(brain_mask) > 0, labels, 0).astype(np.uint8)
