@@ -78,7 +78,9 @@ def test_nmi_equals_skimage_and_a_numpy_histogram():
     for c, name in enumerate(["a", "b"]):
         p, t = pred[..., c][brain], target[..., c][brain]
         reference = normalized_mutual_information(p, t, bins=100)
-        assert scores[name]["nmi"] == pytest.approx(reference, rel=1e-9)
+        # skimage bins the float32 values itself: a voxel on a bin edge may land one bin
+        # over (~1e-8 relative); a wrong bin count or range moves NMI by > 1e-3
+        assert scores[name]["nmi"] == pytest.approx(reference, rel=1e-6)
         assert scores[name]["nmi"] == pytest.approx(_numpy_nmi(p.astype(np.float64),
                                                                t.astype(np.float64)), rel=1e-9)
     # identical images: NMI 2; independent noise: close to 1

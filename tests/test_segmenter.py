@@ -53,7 +53,8 @@ def _lesion_slices(rng, num, size=24):
 def test_segmenter_learns_synthetic_lesions_and_runs_on_volumes():
     rng = np.random.default_rng(0)
     images, labels, masks = _lesion_slices(rng, 48)
-    fit = segmenter.fit_segmenter(images, labels, masks, steps=120, batch_size=8,
+    # 120 steps were measured to leave necrosis (the innermost class) unlearned; 200 learn all
+    fit = segmenter.fit_segmenter(images, labels, masks, steps=200, batch_size=8,
                                   learning_rate=5e-3, width=8, levels=2, seed=0)
     assert np.mean(fit.losses[-10:]) < 0.5 * np.mean(fit.losses[:3])
     test_images, test_labels, _ = _lesion_slices(rng, 12)
