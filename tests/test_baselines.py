@@ -71,6 +71,7 @@ def test_matmul_transposed_conv_equals_pytorch_style_transposed_convolution():
     np.testing.assert_allclose(got, flax_out, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_pix2pix_any_size_dropout_in_training_and_gradients():
     module = build(model_config("pix2pix", pix2pix_base_width=2, norm="instance"))
     x = jax.random.uniform(jax.random.key(2), (1, 20, 28, 3))
@@ -161,6 +162,7 @@ def tiny_swin_config(**overrides):
     return model_config("swin", **{**settings, **overrides})
 
 
+@pytest.mark.slow
 def test_swin_generator_any_size():
     module = build(tiny_swin_config())
     x = jax.random.uniform(jax.random.key(7), (2, 20, 44, 3))  # padded to 32 x 64
@@ -172,6 +174,7 @@ def test_swin_generator_any_size():
     assert all(p[0].startswith(("stem", "encoder", "decoder")) for p in paths)
 
 
+@pytest.mark.slow
 def test_swin_gradients_reach_every_parameter():
     module = build(tiny_swin_config())
     x = jax.random.uniform(jax.random.key(8), (1, 32, 32, 3))
@@ -180,6 +183,7 @@ def test_swin_gradients_reach_every_parameter():
     assert_every_grad_finite_and_nonzero(jax.jit(jax.grad(loss))(params))
 
 
+@pytest.mark.slow
 def test_swin_gradients_stay_bounded_on_an_all_background_slice():
     # An all-zero slice used to embed to channel-constant tokens, whose LayerNorm gradient
     # (1/sqrt(eps)) compounds through the blocks: inf at the quick study size.

@@ -81,6 +81,7 @@ def test_ema_follows_the_closed_form_recurrence_with_warm_up(trained):
     assert not np.allclose(kernel(state.ema_params), kernel(history[-1]), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_ema_decay_zero_is_the_raw_weights():
     state, history = train(ema_config(0.0), 2)
     assert_trees_close(state.ema_params, jax.tree.map(np.asarray, history[-1]), rtol=0, atol=0)

@@ -83,6 +83,7 @@ def tiny_config(**overrides):
     return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("upsample", ["transposed", "nearest_conv"])
 def test_generator_fast_path_equals_plain_path(upsample):
     """The whole U-Net: per-sample weight gradients give nn.Conv's outputs and gradients."""
@@ -130,6 +131,7 @@ def test_unknown_fast_path_names_fail_clearly(key, value):
         models.build_generator(tiny_config(**{key: value}), input_channels=3, target_channels=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spectral_norm", [False, True])
 def test_discriminator_fast_path_equals_plain_path(spectral_norm):
     config = default.get_config().discriminator

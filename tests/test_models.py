@@ -158,6 +158,7 @@ def test_matmul_upsample_equals_transposed_convolution():
     assert kernel.size + bias.size == conv_kernel.size + bias.size
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_outputs_close():
     module32, variables = tiny_qsnet()
     module16 = build(tiny_model_config(dtype="bfloat16"))
@@ -170,6 +171,7 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs_close():
     np.testing.assert_allclose(out16.prediction, out32.prediction, atol=0.03)
 
 
+@pytest.mark.slow
 def test_batch_norm_and_dropout_variants_run_in_training_mode():
     module = build(tiny_model_config(norm="batch", dropout=0.5, activation="relu"))
     x = random_images(9, 16, 16, 3)

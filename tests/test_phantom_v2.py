@@ -127,6 +127,7 @@ def test_hemorrhage_dark_on_swi(hemorrhage_subject):
     assert np.median(out["swi"][bleed]) < 0.5 * np.median(out["swi"][wm])
 
 
+@pytest.mark.slow
 def test_without_b1_the_map_is_one_and_maps_move(hemorrhage_subject):
     assert "b1" in TINY.effects
     spec = simulate.SubjectSpec("sub-x", "healthy", "A", "healthy_train", (0, 1))
@@ -185,6 +186,7 @@ def test_mrf_subspace_file_and_basis(tiny_cohort):
     assert np.mean(np.abs(ratio - np.median(ratio)) < 1e-3) > 0.99
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_whatever_the_jobs(tmp_path):
     subjects = ["sub-001", "sub-004"]
     paths = {}

@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from configs import physics
 from data_pipelines import input_pipeline
@@ -38,6 +39,7 @@ def reference_scales(config, cohort_dir, splits):
     return numerator / denominator
 
 
+@pytest.mark.slow
 def test_physics_fit_is_an_ordinary_checkpoint(tmp_path, tiny_cohort, capsys):
     config = physics.get_config("tiny")
     config.data.cohort_dir = str(tiny_cohort)

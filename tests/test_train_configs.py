@@ -40,7 +40,9 @@ def shrink(config):
 
 
 @pytest.mark.parametrize("name, has_disc, has_aux", [
-    ("resunet", False, False), ("cgan", True, False), ("swin", True, False)])
+    ("resunet", False, False),
+    pytest.param("cgan", True, False, marks=pytest.mark.slow),  # ~1 min each: compile-bound
+    pytest.param("swin", True, False, marks=pytest.mark.slow)])
 def test_baseline_trains_one_step(name, has_disc, has_aux):
     config = shrink(get(name))
     generator, discriminator = loop.build_models(config)

@@ -252,13 +252,21 @@ def is_trained(config: ml_collections.ConfigDict, workdir: str) -> bool:
                for stage in config.stages)
 
 
-def evaluate_stage(config, stage_dir: str, split: str, cohort_dir: str):
-    """workflow.evaluate on the stage's best-or-latest generator: WORKDIR/<stage>/eval/."""
+def evaluate_stage(config, stage_dir: str, split: str, cohort_dir: str, *, final: bool = True):
+    """workflow.evaluate on the stage's best-or-latest generator: WORKDIR/<stage>/eval/.
+
+    An intermediate stage (`final=False`, pre-training) is scored only: the uncertainty and
+    the downstream segmenter are fitted for the model a run ends with (each fit costs minutes
+    on a CPU)."""
     if jax.process_count() > 1:
         # evaluation restores and predicts on one host; run experiments.evaluate afterwards
         print(f"note: multi-process run: evaluate {stage_dir} with experiments.evaluate",
               flush=True)
         return None
+    if not final:
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.uncertainty.enabled = False
+        config.segmentation.enabled = False
     return evaluate.evaluate_run(config, stage_dir, split, cohort_dir=cohort_dir)
 
 
@@ -333,7 +341,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, make_parents: bool =
         except loop.NonFiniteLossError as error:
             raise UserError(str(error)) from None
         if config.eval.after_each_stage:
-            evaluate_stage(config, stage_dir, stage_config.eval_split, cohort_dir)
+            evaluate_stage(config, stage_dir, stage_config.eval_split, cohort_dir,
+                           final=index == len(config.stages) - 1)
         if is_chief():
             io.write_json(os.path.join(stage_dir, STAGE_DONE), {
                 "steps": result.steps, "best_score": result.best_score,
