@@ -260,7 +260,8 @@ class ScaleFit:
 
 def fit_scale_net(features, abs_error, mask, *, steps: int = 400, batch_size: int = 16,
                   learning_rate: float = 2e-3, width: int = 16, levels: int = 2,
-                  seed: int = 0) -> ScaleFit:
+                  seed: int = 0,
+                  on_step: Callable[[int, float], None] | None = None) -> ScaleFit:
     """Train a ``ResidualScaleNet`` on residual slices (``residual_slices``, concatenated).
 
     Loss: the Laplace negative log-likelihood mean over brain voxels,
@@ -303,6 +304,8 @@ def fit_scale_net(features, abs_error, mask, *, steps: int = 400, batch_size: in
         x, e, m = (np.where(flip[:, None, None, None], a[:, :, ::-1], a) for a in (x, e, m))
         variables, opt_state, loss = step(variables, opt_state, x, e, m)
         losses.append(float(loss))
+        if on_step is not None:  # progress for a caller (a fit takes minutes on a CPU)
+            on_step(len(losses), losses[-1])
     return ScaleFit(module=module, variables=variables, losses=losses)
 
 

@@ -172,7 +172,9 @@ def fit_uncertainty(config, stage_dir: str, predict_fn: Callable, root: str, *,
         fit = unc.fit_scale_net(features, errors, masks, steps=int(settings.steps),
                                 batch_size=int(settings.batch_size),
                                 learning_rate=float(settings.learning_rate),
-                                width=int(settings.width), seed=int(config.seed))
+                                width=int(settings.width), seed=int(config.seed),
+                                on_step=step_progress(int(settings.steps), "scale-net step",
+                                                      stream))
         scale_fn = unc.make_scale_fn(fit.module, fit.variables)
         state = unc.scale_net_state(fit)
         meta |= {"fit_splits": list(fit_splits(config, stage)), "fit_slices": len(features),
@@ -296,7 +298,9 @@ def fit_or_load_segmenter(config, folder: str, root: str, *, stream=sys.stderr):
                                   batch_size=int(settings.batch_size),
                                   learning_rate=float(settings.learning_rate),
                                   width=int(settings.width), levels=int(settings.levels),
-                                  seed=int(config.seed))
+                                  seed=int(config.seed),
+                                  on_step=step_progress(int(settings.steps), "segmenter step",
+                                                        stream))
     seconds = time.time() - started
     print(f"segmenter: trained {int(settings.steps)} steps in {seconds:.1f} s", file=stream,
           flush=True)
@@ -335,3 +339,15 @@ def stage_uncertainty(model_path: str):
               "with a cohort holding config.uncertainty.calibration_split): no "
               "*_uncertainty files", file=sys.stderr, flush=True)
     return model
+
+
+def step_progress(total: int, label: str, stream) -> Callable[[int, float], None]:
+    """A fit's on_step callback: a progress line with ETA at every tenth of `total` steps."""
+    started = time.time()
+    every = max(total // 10, 1)
+
+    def report(step: int, loss: float):
+        if step % every == 0 or step == total:
+            synthesize.progress(step, total, started, f"{label} (loss {loss:.4g})", stream)
+
+    return report

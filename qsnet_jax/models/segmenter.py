@@ -86,7 +86,8 @@ def segmentation_loss(logits, labels, mask):
 
 def fit_segmenter(images, labels, masks, *, steps: int = 300, batch_size: int = 8,
                   learning_rate: float = 2e-3, width: int = 16, levels: int = 3,
-                  tumor_fraction: float = 0.5, seed: int = 0) -> SegmenterFit:
+                  tumor_fraction: float = 0.5, seed: int = 0,
+                  on_step: Callable[[int, float], None] | None = None) -> SegmenterFit:
     """Train on slices ``images [N, H, W, C]``, ``labels [N, H, W]`` (0..3), ``masks
     [N, H, W]`` (brain). A ``tumor_fraction`` of each batch comes from slices with tumor
     (the lesion is a few percent of the brain); batches are flipped left-right at random.
@@ -126,6 +127,8 @@ def fit_segmenter(images, labels, masks, *, steps: int = 300, batch_size: int = 
         m = np.where(flip, masks[chosen][:, :, ::-1], masks[chosen])
         variables, opt_state, loss = step(variables, opt_state, x, y, m)
         losses.append(float(loss))
+        if on_step is not None:  # progress for a caller (a fit takes minutes on a CPU)
+            on_step(len(losses), losses[-1])
     return SegmenterFit(module=module, variables=variables, losses=losses)
 
 
