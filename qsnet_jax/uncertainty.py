@@ -201,6 +201,7 @@ class ResidualScaleNet(nn.Module):
     untrained net is the constant scale (the mean |error| of each contrast) and training can
     only shape it. Two poolings, so any H, W (padded inside to a multiple of 4).
     """
+
     base_scales: tuple[float, ...]
     width: int = 16
     levels: int = 2

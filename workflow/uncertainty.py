@@ -68,6 +68,7 @@ def stage_dir_of(model_path: str) -> str:
 @dataclasses.dataclass
 class UncertaintyModel:
     """A fitted scale estimate plus its conformal quantiles; ``half_width`` applies both."""
+
     method: str
     level: float
     quantiles: dict[str, float]
@@ -230,6 +231,20 @@ def load_uncertainty(stage_dir: str) -> UncertaintyModel | None:
         raise UserError(f"{folder}: unreadable uncertainty model ({error})") from None
 
 
+def stage_uncertainty(model_path: str):
+    """The fitted uncertainty of the model's stage, or None (a note on stderr)."""
+    try:
+        stage_dir = stage_dir_of(model_path)
+    except (FileNotFoundError, ValueError):
+        return None
+    model = load_uncertainty(stage_dir)
+    if model is None:
+        print(f"note: {stage_dir} has no fitted uncertainty (run experiments.evaluate on it "
+              "with a cohort holding config.uncertainty.calibration_split): no "
+              "*_uncertainty files", file=sys.stderr, flush=True)
+    return model
+
+
 def uncertainty_for(config, stage_dir: str, predict_fn: Callable, root: str, *,
                     stream=sys.stderr) -> tuple[UncertaintyModel | None, str]:
     """The stage's uncertainty (fitted on first use when the config asks for it), and a note
@@ -326,19 +341,6 @@ def downstream_dice(segment_fn, target, prediction, brain_mask, labels, *,
         scores[source] = segmenter.dice_scores(predicted, labels, brain_mask)
     return scores
 
-
-def stage_uncertainty(model_path: str):
-    """The fitted uncertainty of the model's stage, or None (a note on stderr)."""
-    try:
-        stage_dir = stage_dir_of(model_path)
-    except (FileNotFoundError, ValueError):
-        return None
-    model = load_uncertainty(stage_dir)
-    if model is None:
-        print(f"note: {stage_dir} has no fitted uncertainty (run experiments.evaluate on it "
-              "with a cohort holding config.uncertainty.calibration_split): no "
-              "*_uncertainty files", file=sys.stderr, flush=True)
-    return model
 
 
 def step_progress(total: int, label: str, stream) -> Callable[[int, float], None]:
