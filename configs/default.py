@@ -258,6 +258,9 @@ def paper_config() -> ml_collections.ConfigDict:
     seg.learning_rate = 2e-3
     seg.width = 16
     seg.levels = 3
+    # where the segmenter is kept: empty = <workdir>/segmenter; a study points every variant
+    # at one folder (it depends on the cohort, targets and these settings, not the generator)
+    seg.dir = ""
 
     # ------------------------------------------------------------- mesh
     config.mesh = mesh = ml_collections.ConfigDict()

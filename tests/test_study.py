@@ -78,6 +78,8 @@ def test_study_configs_plan_and_validate():
             assert pairs and all(a in names and b in names for a, b in pairs)
     names, configs, pairs = study.study_plan(compare.get_config("tiny"))
     assert names[0] == "qsnet" and pairs == [("qsnet", n) for n in names[1:]]
+    study.share_segmenter(configs, "/tmp/some_study")  # one segmenter for all variants
+    assert {c.segmentation.dir for c in configs.values()} == {"/tmp/some_study/segmenter"}
     assert configs["physics"].model.name == "physics"
     names, configs, pairs = study.study_plan(generalization.get_config("tiny"))
     assert ("swin_quantitative", "swin_qualitative") in pairs

@@ -332,6 +332,35 @@ def test_evaluate_and_synthesize_carry_calibrated_intervals(tmp_path):
     assert os.path.isfile(stage_dir.parent / "segmenter" / "segmenter.json")
 
 
+def test_a_shared_segmenter_is_reused_only_with_the_same_settings(tmp_path):
+    """Study variants share one segmenter folder (config.segmentation.dir): a second run with
+    the same cohort, targets and settings loads it; another step count retrains it."""
+    import io as text_io
+
+    from configs import default
+    from workflow import uncertainty as workflow_uncertainty
+
+    root = tmp_path / "cohort"
+    _write_split_cohort(root, np.random.default_rng(1))
+    config = default.get_config("tiny")
+    config.segmentation.train_splits = ("gbm_train",)
+    config.segmentation.dir = str(tmp_path / "shared")
+    folder = workflow_uncertainty.segmenter_dir(config, str(tmp_path / "run_a" / "finetune"))
+    assert folder == str(tmp_path / "shared")
+    _, first = workflow_uncertainty.fit_or_load_segmenter(config, folder, str(root))
+    log = text_io.StringIO()
+    _, again = workflow_uncertainty.fit_or_load_segmenter(config, folder, str(root), stream=log)
+    assert "reusing" in log.getvalue() and again["train_seconds"] == first["train_seconds"]
+    config.segmentation.steps += 1
+    log = text_io.StringIO()
+    _, retrained = workflow_uncertainty.fit_or_load_segmenter(config, folder, str(root),
+                                                              stream=log)
+    assert "reusing" not in log.getvalue() and retrained["steps"] == first["steps"] + 1
+    config.segmentation.dir = ""  # the default: one per run, beside its stages
+    assert workflow_uncertainty.segmenter_dir(config, str(tmp_path / "run_b" / "finetune")) \
+        == str(tmp_path / "run_b" / "segmenter")
+
+
 def test_subject_figure_gets_an_uncertainty_row_on_the_error_scale():
     from qsnet_jax import figures
 

@@ -72,7 +72,7 @@ def evaluate_run(config, stage_dir: str, split: str | None = None, *,
     segment_fn, seg_meta = None, None
     if uncertainty.enabled(config, "segmentation"):
         segment_fn, seg_meta = uncertainty.fit_or_load_segmenter(
-            config, uncertainty.segmenter_dir(stage_dir), root, stream=stream)
+            config, uncertainty.segmenter_dir(config, stage_dir), root, stream=stream)
     with io.staged_dir(out_dir, if_exists="replace") as staging:
         per_subject, unc_per_subject, dice_per_subject = {}, {}, {}
         timing = {"synthesis_s": 0.0, "uncertainty_s": 0.0}

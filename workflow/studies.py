@@ -27,7 +27,8 @@ from its checkpoint the same way.
 
 Layout: ``WORKDIR/<variant>/`` is an ordinary training work dir (``experiments.main`` would
 produce the same); a variant whose stages are finished is reused, not retrained (a work dir
-holding a different config is refused). ``WORKDIR/comparison/`` holds report.md,
+holding a different config is refused). ``WORKDIR/segmenter/`` is the downstream segmenter
+every variant shares (config.segmentation.dir). ``WORKDIR/comparison/`` holds report.md,
 metrics.json, metrics.csv and figures/<subject>.png, replaced at once when complete.
 """
 
@@ -48,6 +49,7 @@ from workflow.errors import UserError
 from workflow.overrides import apply_override
 
 COMPARISON_DIR = "comparison"
+SEGMENTER_DIR = "segmenter"  # the study's shared downstream segmenter
 _NAME = re.compile(r"^[a-z0-9_]+$")
 
 
@@ -95,9 +97,9 @@ def study_plan(config: ml_collections.ConfigDict):
     if not names:
         raise UserError("config.study.variants is empty")
     for name in names:
-        if not _NAME.fullmatch(name) or name == COMPARISON_DIR:
+        if not _NAME.fullmatch(name) or name in (COMPARISON_DIR, SEGMENTER_DIR):
             raise UserError(f"bad variant name {name!r}: use [a-z0-9_]+ other than "
-                            f"{COMPARISON_DIR!r}")
+                            f"{COMPARISON_DIR!r} and {SEGMENTER_DIR!r}")
     reference = str(study.get("reference", ""))
     if reference and reference not in study.variants:
         raise UserError(f"config.study.reference={reference!r} is not a variant; "
@@ -194,6 +196,15 @@ def run_variant(name: str, vconfig, vdir: str, split: str, cohort_dir: str, *, i
             "segmentation": record.get("segmentation")}
 
 
+def share_segmenter(configs: Mapping, workdir: str):
+    """Point every variant without its own config.segmentation.dir at WORKDIR/segmenter:
+    the downstream segmenter is trained on ground truth, so the variants of one cohort and
+    target set share one (it is retrained where its settings or targets differ)."""
+    for vconfig in configs.values():
+        if "segmentation" in vconfig and not vconfig.segmentation.get("dir", ""):
+            vconfig.segmentation.dir = os.path.join(os.path.abspath(workdir), SEGMENTER_DIR)
+
+
 def run_study(config: ml_collections.ConfigDict, workdir: str, *, make_parents: bool = False,
               stream=sys.stdout) -> dict:
     """Run every variant, then write WORKDIR/comparison/. Returns the combined result.
@@ -202,6 +213,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, make_parents: 
         train_eval.configure_runtime(config)  # quiet INFO logs (e.g. JAX's backend probing)
     names, configs, pairs = study_plan(config)
     workdir = train_eval.check_workdir(workdir, make_parents=make_parents)
+    share_segmenter(configs, workdir)
     split = str(config.study.split)
     cohort_dirs = {name: cohorts.get_cohort(vconfig) for name, vconfig in configs.items()}
     for name in names:  # fail on a missing split before hours of training

@@ -270,9 +270,21 @@ def uncertainty_for(config, stage_dir: str, predict_fn: Callable, root: str, *,
 # ------------------------------------------------------------------ downstream segmenter
 
 
-def segmenter_dir(stage_dir: str) -> str:
-    """One segmenter per run (it depends on the cohort and targets, not on the generator)."""
-    return os.path.join(os.path.dirname(os.path.abspath(stage_dir)), SEGMENTER_DIR)
+def segmenter_dir(config, stage_dir: str) -> str:
+    """config.segmentation.dir, or one segmenter per run: it depends on the cohort, the
+    targets and its own settings, not on the generator."""
+    chosen = str(section(config, "segmentation").get("dir", "") or "")
+    return chosen or os.path.join(os.path.dirname(os.path.abspath(stage_dir)), SEGMENTER_DIR)
+
+
+def _segmenter_key(config, root: str, splits) -> dict:
+    """What a stored segmenter must match to be reused."""
+    settings = section(config, "segmentation")
+    return {"target_channels": list(config.data.target_channels), "cohort": root,
+            "train_splits": list(splits), "steps": int(settings.steps),
+            "batch_size": int(settings.batch_size),
+            "learning_rate": float(settings.learning_rate), "seed": int(config.seed),
+            "config": {"width": int(settings.width), "levels": int(settings.levels)}}
 
 
 def fit_or_load_segmenter(config, folder: str, root: str, *, stream=sys.stderr):
@@ -281,21 +293,23 @@ def fit_or_load_segmenter(config, folder: str, root: str, *, stream=sys.stderr):
     in them."""
     settings = section(config, "segmentation")
     targets = tuple(config.data.target_channels)
-    meta_path = os.path.join(folder, SEGMENTER_META)
-    if os.path.isfile(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-        if meta.get("target_channels") == list(targets) and meta.get("cohort") == root:
-            with open(os.path.join(folder, SEGMENTER_FILE), "rb") as f:
-                module, variables = segmenter.segmenter_from_state(meta["config"], f.read())
-            return segmenter.make_segment_fn(module, variables), meta
-    images, labels, masks = [], [], []
     present = {r.split for r in cohorts.read_records(root)}
     splits = tuple(s for s in settings.train_splits if s in present)
     if not splits:
         return None, {"note": f"no downstream segmentation: none of "
                       f"config.segmentation.train_splits {list(settings.train_splits)} is in "
                       "the cohort"}
+    key = _segmenter_key(config, root, splits)
+    meta_path = os.path.join(folder, SEGMENTER_META)
+    if os.path.isfile(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if all(meta.get(k) == v for k, v in key.items()):
+            print(f"segmenter: reusing {folder}", file=stream, flush=True)
+            with open(os.path.join(folder, SEGMENTER_FILE), "rb") as f:
+                module, variables = segmenter.segmenter_from_state(meta["config"], f.read())
+            return segmenter.make_segment_fn(module, variables), meta
+    images, labels, masks = [], [], []
     for split in splits:
         for record in cohorts.split_records(root, split):
             subject = cohorts.load_record(root, record, channels=targets)
@@ -320,11 +334,10 @@ def fit_or_load_segmenter(config, folder: str, root: str, *, stream=sys.stderr):
     print(f"segmenter: trained {int(settings.steps)} steps in {seconds:.1f} s", file=stream,
           flush=True)
     state = segmenter.segmenter_state(fit)
-    meta = {"config": state["config"], "target_channels": list(targets), "cohort": root,
-            "train_splits": list(splits), "steps": int(settings.steps),
-            "train_seconds": seconds, "loss_first": fit.losses[0] if fit.losses else None,
-            "loss_last": fit.losses[-1] if fit.losses else None,
-            "convention": segmenter.DICE_CONVENTION}
+    meta = key | {"config": state["config"], "train_seconds": seconds,
+                  "loss_first": fit.losses[0] if fit.losses else None,
+                  "loss_last": fit.losses[-1] if fit.losses else None,
+                  "convention": segmenter.DICE_CONVENTION}
     with io.staged_dir(folder, if_exists="replace") as out:
         io.write_bytes(os.path.join(out, SEGMENTER_FILE), state["params"])
         io.write_json(os.path.join(out, SEGMENTER_META), meta)
