@@ -80,6 +80,7 @@ def study_section(*, split, variants, reference="", pairs=(), title=""):
     study.pairs = tuple(pairs)
     study.only = ()  # names of a subset of the variants to run; empty: all
     study.num_figure_subjects = 2
+    study.seeds = ()  # training seeds; empty: config.seed only (workflow.studies)
     study.variants = ml_collections.ConfigDict(variants, sort_keys=False)  # run in this order
     return study
 

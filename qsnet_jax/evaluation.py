@@ -267,6 +267,43 @@ def compare_models(per_subject_a: Mapping, per_subject_b: Mapping, *,
     return results
 
 
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the input order.
+
+    With the m finite p-values sorted ascending, p_(i) becomes max_{j <= i} min(1, (m - j + 1)
+    p_(j)); rejecting where the adjusted p < alpha controls the family-wise error rate at
+    alpha under any dependence between the tests. NaN stays NaN and is not counted in m.
+    """
+    values = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(values.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(values))
+    order = finite[np.argsort(values[finite], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * values[index]))
+        adjusted[index] = running
+    return adjusted.tolist()
+
+
+def adjust_for_multiple_comparisons(tests: Sequence[Mapping]) -> str:
+    """Add ``p_holm`` next to every ``p_value`` of ``tests`` (``[{"results": compare_models
+    output}, ...]``, changed in place). One family per metric key (metric and region): the
+    tests of every pair and every contrast of a study in that column. Returns the sentence
+    that says so."""
+    families: dict[str, list[dict]] = {}
+    for test in tests:
+        for entry in test["results"].values():
+            for key, result in entry.items():
+                families.setdefault(key, []).append(result)
+    for results in families.values():
+        for result, adjusted in zip(results, holm_adjust([r["p_value"] for r in results]),
+                                    strict=True):
+            result["p_holm"] = adjusted
+    return ("Holm-adjusted p (family-wise error over every pair and contrast of the study, "
+            "one family per metric and region)")
+
+
 def wilcoxon_markdown(results: Mapping[str, Mapping[str, dict]], name_a: str,
                       name_b: str) -> str:
     """``compare_models`` output as a table of p-values (rows contrasts, columns metric keys)."""
@@ -280,8 +317,14 @@ def wilcoxon_markdown(results: Mapping[str, Mapping[str, dict]], name_a: str,
     for contrast, entry in results.items():
         cells = [contrast_title(contrast)]
         for key in keys:
-            cells.append(f"{entry[key]['p_value']:.3g} (n={entry[key]['n']})" if key in entry
-                         else "–")
+            if key not in entry:
+                cells.append("–")
+                continue
+            adjusted = entry[key].get("p_holm")
+            cells.append(f"{entry[key]['p_value']:.3g}"
+                         + (f" (Holm {adjusted:.3g})" if adjusted is not None
+                            and math.isfinite(adjusted) else "")
+                         + f" (n={entry[key]['n']})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

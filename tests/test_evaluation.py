@@ -295,3 +295,42 @@ def test_evaluate_run_writes_scores_tables_and_figures(tmp_path):
     assert "| Contrast | MAE (×100) brain |" in report and "| T2-FLAIR |" in report
     assert "ddof = 1" in report and "2 subjects (brain), 1 subject (tumor)" in report
     assert [p for p in os.listdir(out.parent) if p.startswith(".")] == []
+
+
+def test_holm_adjustment_equals_closed_testing_with_bonferroni():
+    """Holm's step-down p-values, against the closed-testing principle it comes from: the
+    adjusted p of hypothesis i is the largest Bonferroni p, |S| min_{j in S} p_j (capped at
+    1), over every subset S that contains i (brute force over all subsets)."""
+    import itertools
+
+    # by hand: sorted 0.005 (x4 = 0.02), 0.01 (x3 = 0.03), 0.03 (x2 = 0.06), 0.04 (x1, but
+    # not below the step before: 0.06)
+    assert evaluation.holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx(
+        [0.03, 0.06, 0.06, 0.02])
+    rng = np.random.default_rng(3)
+    for m in (1, 2, 5, 8):
+        p = rng.uniform(0, 0.2, m)
+        p[rng.random(m) < 0.3] = p[0]  # ties
+        closed = [max(min(1.0, len(s) * min(p[list(s)]))
+                      for r in range(1, m + 1) for s in itertools.combinations(range(m), r)
+                      if i in s) for i in range(m)]
+        assert evaluation.holm_adjust(p) == pytest.approx(closed, abs=1e-12)
+    adjusted = evaluation.holm_adjust([0.02, float("nan"), 0.01])  # NaN: not in the family
+    assert math.isnan(adjusted[1]) and adjusted[0] == pytest.approx(0.02)
+    assert adjusted[2] == pytest.approx(0.02)
+
+
+def test_study_tests_are_adjusted_per_metric_column():
+    def result(p):
+        return {"p_value": p}
+
+    tests = [{"results": {"t1w": {"mae": result(0.01), "ssim": result(0.5)},
+                          "t2w": {"mae": result(0.02)}}},
+             {"results": {"t1w": {"mae": result(0.04), "ssim": result(0.01)}}}]
+    text = evaluation.adjust_for_multiple_comparisons(tests)
+    assert "Holm" in text
+    mae = [tests[0]["results"]["t1w"]["mae"], tests[0]["results"]["t2w"]["mae"],
+           tests[1]["results"]["t1w"]["mae"]]
+    assert [r["p_holm"] for r in mae] == pytest.approx([0.03, 0.04, 0.04])  # m = 3
+    ssim = [tests[0]["results"]["t1w"]["ssim"], tests[1]["results"]["t1w"]["ssim"]]
+    assert [r["p_holm"] for r in ssim] == pytest.approx([0.5, 0.02])  # m = 2

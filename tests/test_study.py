@@ -235,3 +235,61 @@ def test_variant_names_are_ordered_as_written():
         .freeze_encoder_steps == 500
     assert study.variant_config(compare.get_config("quick"), "swin").finetune \
         .freeze_encoder_steps == 10
+
+
+def test_scores_over_training_seeds_are_subject_means_with_the_seed_spread():
+    """average_over_seeds against a NumPy recomputation: a subject's score is its mean over
+    the seeds (over the subjects every seed scored), the spread is the sample sd of the
+    per-seed split means; the report says both."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    subjects = ["s1", "s2", "s3"]
+    table = rng.uniform(0, 1, (3, len(subjects)))  # [seed, subject] of t1w mae
+    runs = [{"stage_dir": f"/w/seeds/{seed}/qsnet/finetune", "metrics_path": "m.json",
+             "model": "qsnet", "uncertainty": None, "segmentation": None,
+             "per_subject": {s: {"t1w": {"mae": float(table[i, j])}}
+                             for j, s in enumerate(subjects)}} for i, seed in enumerate((0, 1, 2))]
+    runs[2]["per_subject"]["s4"] = {"t1w": {"mae": 9.0}}  # one seed only: left out
+    merged = study.average_over_seeds(runs, (0, 1, 2))
+    assert sorted(merged["per_subject"]) == subjects
+    for j, s in enumerate(subjects):
+        assert merged["per_subject"][s]["t1w"]["mae"] == pytest.approx(table[:, j].mean())
+    spread = merged["seed_spread"]["t1w"]["mae"]
+    assert spread["means"] == pytest.approx(table.mean(axis=1))
+    assert spread["std"] == pytest.approx(np.std(table.mean(axis=1), ddof=1))
+    assert merged["stage_dir"] == runs[0]["stage_dir"] and merged["seeds"] == [0, 1, 2]
+    config = compare.get_config("tiny")
+    combined = study.combine({"qsnet": merged}, {"qsnet": config}, [], split="gbm_test",
+                             reference="")
+    report = study.reports.study_markdown(combined, title="t")
+    assert f"[seeds ± {spread['std']:.2f}]" in report  # MAE: 2 decimals and "Training seeds 0, 1, 2" in report
+    config.study.seeds = (1, 1)
+    with pytest.raises(UserError, match="repeats"):
+        study.study_seeds(config)
+    assert study.seed_workdir("/w", 3) == os.path.join("/w", "seeds", "3")
+
+
+@pytest.mark.slow
+def test_a_study_over_two_seeds_trains_each_variant_twice(tmp_path, tiny_cohort):
+    config = _tiny(compare, tiny_cohort, only=("physics",), seeds=(0, 1),
+                   num_figure_subjects=0)
+    result = study.run_study(config, tmp_path / "w", stream=io.StringIO())
+    for name in ("qsnet", "physics"):
+        model = result["models"][name]
+        assert model["seeds"] == [0, 1]
+        for seed, stage_dir in zip((0, 1), model["seed_stage_dirs"], strict=True):
+            assert stage_dir == str(tmp_path / "w" / "seeds" / str(seed) / name / "finetune")
+            with open(os.path.join(stage_dir, "..", "config.json")) as f:
+                assert json.load(f)["seed"] == seed
+    # the two QS-Net seeds differ (different initialization), and the table's subject score
+    # is their mean
+    scores = []
+    for stage_dir in result["models"]["qsnet"]["seed_stage_dirs"]:
+        with open(os.path.join(stage_dir, "eval", "gbm_test", "metrics.json")) as f:
+            scores.append(json.load(f)["per_subject"])
+    subject = next(iter(scores[0]))
+    first, second = (s[subject]["t1w"]["mae"] for s in scores)
+    assert first != second
+    assert result["models"]["qsnet"]["per_subject"][subject]["t1w"]["mae"] == pytest.approx(
+        (first + second) / 2)

@@ -144,6 +144,20 @@ def _contrasts(result) -> list[str]:
     return order
 
 
+def _holm_text(test) -> str:
+    adjusted = test.get("p_holm")
+    return "" if adjusted is None or not np.isfinite(adjusted) else f", Holm {adjusted:.3g}"
+
+
+def _seed_text(model, contrast: str, key: str, metric: str) -> str:
+    """`` [seeds ± sd]``: the sd over training seeds of the split mean, where there are
+    several seeds."""
+    spread = model.get("seed_spread", {}).get(contrast, {}).get(key)
+    if not spread or not np.isfinite(spread["std"]):
+        return ""
+    return f" [seeds ± {spread['std']:.{evaluation.METRIC_DECIMALS.get(metric, 3)}f}]"
+
+
 def study_table(result) -> str:
     """Rows = contrast × variant; cells mean ± std with the paired p-value against the
     row's partner (``(p=…)``); the reference / first of a pair has none."""
@@ -165,9 +179,10 @@ def study_table(result) -> str:
                     cells.append("–")
                     continue
                 text = evaluation.format_mean_std(entry[key]["mean"], entry[key]["std"], m)
+                text += _seed_text(model, contrast, key, m)
                 test = partner.get(name, {}).get("results", {}).get(contrast, {}).get(key)
                 if test is not None:
-                    text += f" (p={test['p_value']:.3g})"
+                    text += f" (p={test['p_value']:.3g}{_holm_text(test)})"
                 cells.append(text)
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -183,9 +198,15 @@ def study_markdown(result, *, title: str) -> str:
                      f"stages {', '.join(model['stages'])}, {model['num_subjects']} subjects "
                      f"(`{model['eval']}`)")
     lines += ["", study_table(result), ""]
+    seeds = {tuple(m["seeds"]) for m in result["models"].values() if m.get("seeds")}
+    if seeds:
+        lines += [f"Training seeds {', '.join(map(str, next(iter(seeds))))}: each subject's "
+                  "score is its mean over the seeds; ± is the sd over subjects, [seeds ± …] "
+                  "the sd over seeds of the split mean.", ""]
     if result["wilcoxon"]:
         pairs = ", ".join(f"{t['b']} vs {t['a']}" for t in result["wilcoxon"])
-        lines += [f"p: {result['test']}; each row's p compares it with its partner ({pairs}).",
+        lines += [f"p: {result['test']}; each row's p compares it with its partner ({pairs})."
+                  + (f" Holm: {result['correction']}." if result.get("correction") else ""),
                   ""]
     lines += [result["convention"], ""]
     uncertainty = {name: model["uncertainty"] for name, model in result["models"].items()
@@ -208,7 +229,8 @@ def study_csv(result) -> str:
     """metrics.csv of a study: one row per variant x contrast x region, with the p-values."""
     fields = (["model", "contrast", "region", "n"]
               + [f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")]
-              + ["compared_with"] + [f"p_{m}" for m in METRIC_NAMES])
+              + ["compared_with"] + [f"p_{m}" for m in METRIC_NAMES]
+              + [f"p_holm_{m}" for m in METRIC_NAMES])
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -233,6 +255,7 @@ def study_csv(result) -> str:
                     row[f"{m}_std"] = fmt(entry[k]["std"])
                     p = test["results"].get(contrast, {}).get(k) if test else None
                     row[f"p_{m}"] = fmt(p["p_value"]) if p else ""
+                    row[f"p_holm_{m}"] = fmt(p.get("p_holm")) if p else ""
                 writer.writerow(row)
     return buffer.getvalue()
 

@@ -20,6 +20,10 @@ plus a ``study`` section:
 - ``study.pairs``: explicit ``(a, b)`` pairs; empty: ``(reference, v)`` for every other v.
 - ``study.only``: a subset of the variants to run (empty: all).
 - ``study.num_figure_subjects``: subjects in the comparison figure.
+- ``study.seeds``: training seeds (empty: one run with ``config.seed``). With seeds, every
+  variant is trained once per seed in ``WORKDIR/seeds/<seed>/<variant>/``; a subject's score
+  is its mean over the seeds (the paired tests run on those means), and the table adds the
+  spread across seeds (sd of the per-seed split means) next to the spread across subjects.
 
 Every variant, the physics baseline included, goes through ``workflow.train_eval.run`` (the
 physics baseline's closed-form fit writes an ordinary checkpoint) and is evaluated and drawn
@@ -42,6 +46,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 import ml_collections
+import numpy as np
 
 from qsnet_jax import evaluation, io
 from workflow import cohorts, evaluate, reports, train_eval
@@ -50,6 +55,7 @@ from workflow.overrides import apply_override
 
 COMPARISON_DIR = "comparison"
 SEGMENTER_DIR = "segmenter"  # the study's shared downstream segmenter
+SEEDS_DIR = "seeds"  # WORKDIR/seeds/<seed>/<variant>/ with config.study.seeds
 _NAME = re.compile(r"^[a-z0-9_]+$")
 
 
@@ -97,9 +103,9 @@ def study_plan(config: ml_collections.ConfigDict):
     if not names:
         raise UserError("config.study.variants is empty")
     for name in names:
-        if not _NAME.fullmatch(name) or name in (COMPARISON_DIR, SEGMENTER_DIR):
+        if not _NAME.fullmatch(name) or name in (COMPARISON_DIR, SEGMENTER_DIR, SEEDS_DIR):
             raise UserError(f"bad variant name {name!r}: use [a-z0-9_]+ other than "
-                            f"{COMPARISON_DIR!r} and {SEGMENTER_DIR!r}")
+                            f"{COMPARISON_DIR!r}, {SEGMENTER_DIR!r} and {SEEDS_DIR!r}")
     reference = str(study.get("reference", ""))
     if reference and reference not in study.variants:
         raise UserError(f"config.study.reference={reference!r} is not a variant; "
@@ -196,6 +202,44 @@ def run_variant(name: str, vconfig, vdir: str, split: str, cohort_dir: str, *, i
             "segmentation": record.get("segmentation")}
 
 
+def with_seed(vconfig, seed: int | None):
+    """A copy of a variant config trained with ``seed`` (None: unchanged)."""
+    if seed is None:
+        return vconfig
+    seeded = ml_collections.ConfigDict(vconfig.to_dict())
+    seeded.seed = int(seed)
+    return seeded
+
+
+def average_over_seeds(runs: Sequence[dict], seeds: Sequence[int]) -> dict:
+    """One variant's record from its runs with several training seeds: per subject the mean
+    score over the seeds (the subjects every seed scored), the per-seed split means and
+    their spread (sample sd over seeds); uncertainty, segmentation and figures from the
+    first seed."""
+    common = [s for s in runs[0]["per_subject"] if all(s in r["per_subject"] for r in runs)]
+    averaged = {}
+    for subject in common:
+        averaged[subject] = {}
+        for contrast, scores in runs[0]["per_subject"][subject].items():
+            keys = [k for k in scores
+                    if all(k in r["per_subject"][subject].get(contrast, {}) for r in runs)]
+            averaged[subject][contrast] = {
+                k: float(sum(r["per_subject"][subject][contrast][k] for r in runs) / len(runs))
+                for k in keys}
+    seed_means = [evaluation.aggregate({s: r["per_subject"][s] for s in common})
+                  for r in runs]
+    spread = {}
+    for contrast, entry in seed_means[0].items():
+        spread[contrast] = {}
+        for key in entry:
+            means = [m[contrast][key]["mean"] for m in seed_means if key in m.get(contrast, {})]
+            sd = float(np.std(means, ddof=1)) if len(means) > 1 else float("nan")
+            spread[contrast][key] = {"means": means, "std": sd}
+    return runs[0] | {"per_subject": averaged, "seeds": list(seeds),
+                      "seed_stage_dirs": [r["stage_dir"] for r in runs],
+                      "seed_spread": spread}
+
+
 def share_segmenter(configs: Mapping, workdir: str):
     """Point every variant without its own config.segmentation.dir at WORKDIR/segmenter:
     the downstream segmenter is trained on ground truth, so the variants of one cohort and
@@ -205,26 +249,54 @@ def share_segmenter(configs: Mapping, workdir: str):
             vconfig.segmentation.dir = os.path.join(os.path.abspath(workdir), SEGMENTER_DIR)
 
 
+def study_seeds(config) -> tuple[int, ...]:
+    """config.study.seeds as ints; empty: one run per variant with config.seed."""
+    seeds = tuple(config.study.get("seeds", ()) or ())
+    try:
+        seeds = tuple(int(s) for s in seeds)
+    except (TypeError, ValueError):
+        raise UserError(f"config.study.seeds={seeds!r}: expected integers") from None
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"config.study.seeds={seeds!r} repeats a seed")
+    return seeds
+
+
+def seed_workdir(workdir: str, seed: int | None) -> str:
+    """Where the variants of one training seed live: WORKDIR without study seeds,
+    WORKDIR/seeds/<seed>/ with them."""
+    return workdir if seed is None else os.path.join(workdir, SEEDS_DIR, str(seed))
+
+
 def run_study(config: ml_collections.ConfigDict, workdir: str, *, make_parents: bool = False,
               stream=sys.stdout) -> dict:
-    """Run every variant, then write WORKDIR/comparison/. Returns the combined result.
+    """Run every variant (for every seed of config.study.seeds), then write
+    WORKDIR/comparison/. Returns the combined result.
     `make_parents`: create missing parents of `workdir` (the default runs/<config name>)."""
     if "train" in config:
         train_eval.configure_runtime(config)  # quiet INFO logs (e.g. JAX's backend probing)
     names, configs, pairs = study_plan(config)
+    seeds = study_seeds(config)
     workdir = train_eval.check_workdir(workdir, make_parents=make_parents)
-    share_segmenter(configs, workdir)
     split = str(config.study.split)
     cohort_dirs = {name: cohorts.get_cohort(vconfig) for name, vconfig in configs.items()}
     for name in names:  # fail on a missing split before hours of training
         cohorts.split_records(cohort_dirs[name], split)
     os.makedirs(workdir, exist_ok=True)
-    _say(stream, f"[study] {len(names)} variant(s) on split {split}: {', '.join(names)}")
-    runs = {}
-    for i, name in enumerate(names):
-        runs[name] = run_variant(name, configs[name], os.path.join(workdir, name), split,
-                                 cohort_dirs[name], index=i + 1, total=len(names),
-                                 stream=stream)
+    _say(stream, f"[study] {len(names)} variant(s) on split {split}: {', '.join(names)}"
+         + (f"; training seeds {', '.join(map(str, seeds))}" if seeds else ""))
+    per_seed = {name: [] for name in names}
+    total = len(names) * max(len(seeds), 1)
+    for s, seed in enumerate(seeds or (None,)):
+        folder = seed_workdir(workdir, seed)
+        seeded = {name: with_seed(c, seed) for name, c in configs.items()}
+        share_segmenter(seeded, folder)
+        for i, name in enumerate(names):
+            label = name if seed is None else f"{name} (seed {seed})"
+            per_seed[name].append(run_variant(
+                label, seeded[name], os.path.join(folder, name), split, cohort_dirs[name],
+                index=s * len(names) + i + 1, total=total, stream=stream))
+    runs = {name: average_over_seeds(records, seeds) if seeds else records[0]
+            for name, records in per_seed.items()}
     result = combine(runs, configs, pairs, split=split,
                      reference=str(config.study.get("reference", "")))
     out_dir = os.path.join(workdir, COMPARISON_DIR)
@@ -249,15 +321,19 @@ def combine(runs: Mapping[str, dict], configs: Mapping, pairs: Sequence[tuple[st
             "per_subject": run["per_subject"],
             # interval scores and downstream Dice, as the variant's evaluation wrote them
             "uncertainty": run.get("uncertainty"), "segmentation": run.get("segmentation")}
+        if "seeds" in run:  # several training seeds: subject scores are their means
+            models[name] |= {"seeds": run["seeds"], "seed_spread": run["seed_spread"],
+                             "seed_stage_dirs": run["seed_stage_dirs"]}
     tests = []
     for a, b in pairs:
         tests.append({"a": a, "b": b, "results": evaluation.compare_models(
             runs[a]["per_subject"], runs[b]["per_subject"])})
+    correction = evaluation.adjust_for_multiple_comparisons(tests)
     first = next(iter(models.values()))["summary"]
     return {"split": split, "reference": reference, "variants": list(runs),
             "pairs": [list(p) for p in pairs], "models": models, "wilcoxon": tests,
             "std": "sample (ddof = 1)", "test": "Wilcoxon signed-rank, paired over subjects, "
-            "two-sided (qsnet_jax.evaluation.paired_wilcoxon)",
+            "two-sided (qsnet_jax.evaluation.paired_wilcoxon)", "correction": correction,
             "convention": evaluation.convention_text(first)}
 
 
