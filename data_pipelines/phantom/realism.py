@@ -209,12 +209,16 @@ def report(preset_name, seed, jobs, num_train, num_test, ablation=True, one_mm=T
     if ablation:
         variants += [(f"without_{e}", preset.effects - {e}) for e in sorted(preset.effects)]
     results, purity = {}, {}
-    for label, effects in variants:
+    for done, (label, effects) in enumerate(variants, start=1):
         variant = dataclasses.replace(preset, effects=frozenset(effects))
         subjects = simulate_many(variant, train + test, jobs)
         results[label] = score(subjects[:len(train)], subjects[len(train):],
                                signal.site_protocols)
         purity[label] = round(float(np.mean([s["purity"] for s in subjects])), 4)
+        elapsed = time.perf_counter() - start  # progress: a full report takes tens of minutes
+        print(f"[realism] {done}/{len(variants)} {label}: {len(subjects)} subjects, elapsed "
+              f"{elapsed:.0f} s, ETA {elapsed / done * (len(variants) - done):.0f} s",
+              file=sys.stderr, flush=True)
     out = {"preset": preset_name, "seed": seed, "voxel_mm": preset.voxel_mm,
            "train_subjects": [s.subject for s in train],
            "test_subjects": [s.subject for s in test],
