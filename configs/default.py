@@ -111,7 +111,7 @@ def paper_config() -> ml_collections.ConfigDict:
     # A cohort root holding manifest.csv. Empty: the phantom cohort named below, built into
     # `phantom_cache_dir` the first time it is needed.
     data.cohort_dir = ""
-    data.phantom_preset = "quick"  # tiny | quick | paper (data_pipelines.phantom)
+    data.phantom_preset = "quick"  # tiny | quick | bench | paper (data_pipelines.phantom)
     data.phantom_seed = 0
     data.phantom_cache_dir = "~/.cache/qsnet_jax/phantom"
     data.input_channels = ("t1map", "t2map", "pdmap")

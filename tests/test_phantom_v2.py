@@ -150,9 +150,14 @@ def test_gbm_calib_split_present_disjoint_and_readable(tiny_cohort):
     assert len(calib) == 1 and test and not calib & test
     assert all(r["group"] == "gbm" and r["site"] == "A" for r in rows
                if r["split"] == "gbm_calib")
-    for name, count in (("quick", 2), ("paper", 4)):
+    for name, count in (("quick", 2), ("bench", 6), ("paper", 4)):
         splits = presets.PRESETS[name].splits
         assert sum(n for s, _, _, n in splits if s == "gbm_calib") == count
+    # bench: enough paired subjects that a two-sided Wilcoxon test can reach p < 0.005
+    splits = presets.PRESETS["bench"].splits
+    gbm_a = sum(n for s, g, site, n in splits if s == "gbm_test" and site == "A")
+    gbm_b = sum(n for s, g, site, n in splits if s == "external_test" and g == "gbm")
+    assert min(gbm_a, gbm_b) >= 10 and 2 / 2 ** min(gbm_a, gbm_b) < 0.005
     records = cohort.read_manifest(tiny_cohort)
     assert {r.split for r in records} >= {"gbm_calib", "gbm_test", "external_test"}
 

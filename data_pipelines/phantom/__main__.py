@@ -1,4 +1,4 @@
-"""CLI: python -m data_pipelines.phantom --out DIR --preset {tiny,quick,paper} [--seed N]
+"""CLI: python -m data_pipelines.phantom --out DIR --preset {tiny,quick,bench,paper} [--seed N]
 [--healthy N --gbm N] [--site A|B] [--jobs N] [--subjects sub-001,sub-004]
 [--without EFFECT,...] [--overwrite]
 
@@ -26,7 +26,7 @@ def parse_args(argv):
     parser = _ArgumentParser(prog="python -m data_pipelines.phantom",
                              description="Build the digital brain phantom cohort.")
     parser.add_argument("--out", required=True, help="cohort folder to create")
-    parser.add_argument("--preset", default="quick", help="tiny | quick | paper")
+    parser.add_argument("--preset", default="quick", help="tiny | quick | bench | paper")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--healthy", type=int, default=None,
                         help="site-A healthy subjects (60/40 train/test)")

@@ -63,6 +63,12 @@ PRESETS = {
     # The same design at 2 mm with fewer subjects: the CPU quick start.
     "quick": Preset("quick", 2, (96, 112), _design(4, 2, 3, 3, 2, 2, 2),
                     num_trs=1000, dictionary_step=0.05, table_step=0.03),
+    # The quick preset's 2 mm grid with the statistical power of issue 17's studies: 10 GBM
+    # test subjects at site A and 10 GBM subjects at site B (a two-sided Wilcoxon p can reach
+    # 0.002), and 6 calibration subjects for the conformal intervals. Subject k is the same
+    # subject as the quick preset's k when both give it the same group and site.
+    "bench": Preset("bench", 2, (96, 112), _design(4, 2, 6, 10, 6, 2, 10),
+                    num_trs=1000, dictionary_step=0.05, table_step=0.03),
     # Tests and the smoke run. Coarser MRF so that the cohort builds in seconds: 10%
     # dictionary steps (maps are coarser-quantized than in the other presets) and 32 EPG
     # states (CSF fingerprints ~1e-2 of peak off; quick and paper keep every state they
