@@ -72,10 +72,12 @@ def test_variant_equals_its_config_module(variant, module):
 
 def test_study_configs_plan_and_validate():
     for module in (compare, generalization, ablations):
-        for size in (None, "tiny", "quick"):
+        for size in (None, "tiny", "quick", "bench"):
             names, configs, pairs = study.study_plan(module.get_config(size))
             assert names == list(module.get_config(size).study.variants)
             assert pairs and all(a in names and b in names for a, b in pairs)
+    bench = compare.get_config("bench")
+    assert bench.data.phantom_preset == "bench" and bench.pretrain.steps == 600
     names, configs, pairs = study.study_plan(compare.get_config("tiny"))
     assert names[0] == "qsnet" and pairs == [("qsnet", n) for n in names[1:]]
     study.share_segmenter(configs, "/tmp/some_study")  # one segmenter for all variants

@@ -288,6 +288,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, make_parents: 
     total = len(names) * max(len(seeds), 1)
     for s, seed in enumerate(seeds or (None,)):
         folder = seed_workdir(workdir, seed)
+        os.makedirs(folder, exist_ok=True)
         seeded = {name: with_seed(c, seed) for name, c in configs.items()}
         share_segmenter(seeded, folder)
         for i, name in enumerate(names):
