@@ -80,18 +80,10 @@ STUDY_SIZE_CHANGES["bench"] = STUDY_SIZE_CHANGES["quick"] | {
 STUDY_SIZES = ("tiny", "quick", "bench", "paper")
 
 
-def check_study_size(size) -> str:
-    if size in (None, ""):
-        return "paper"
-    if size not in STUDY_SIZES:
-        raise ValueError(f"unknown study size {size!r}; known: {', '.join(STUDY_SIZES)}")
-    return size
-
-
 def study_base(size=None) -> ml_collections.ConfigDict:
     """The training config every variant of a study starts from, at a study size."""
     config = default.paper_config()
-    return default.set_fields(config, STUDY_SIZE_CHANGES[check_study_size(size)])
+    return default.set_fields(config, STUDY_SIZE_CHANGES[default.check_size(size, STUDY_SIZES)])
 
 
 def study_section(*, split, variants, reference="", pairs=(), title=""):

@@ -76,11 +76,12 @@ def get_config(size=None) -> ml_collections.ConfigDict:
     return config
 
 
-def check_size(size) -> str:
+def check_size(size, known=SIZES) -> str:
+    """`size`, or "paper" for None / ""; ValueError naming the `known` sizes otherwise."""
     if size in (None, ""):
         return "paper"
-    if size not in SIZES:
-        raise ValueError(f"unknown config size {size!r}; known: {', '.join(SIZES)}")
+    if size not in known:
+        raise ValueError(f"unknown config size {size!r}; known: {', '.join(known)}")
     return size
 
 
