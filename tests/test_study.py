@@ -296,3 +296,19 @@ def test_a_study_over_two_seeds_trains_each_variant_twice(tmp_path, tiny_cohort)
     assert first != second
     assert result["models"]["qsnet"]["per_subject"][subject]["t1w"]["mae"] == pytest.approx(
         (first + second) / 2)
+
+
+def test_a_finished_variant_moves_between_study_workdirs(tmp_path):
+    """A variant folder copied into another study's work dir is reused: the shared
+    segmenter's place differs, the training config does not; any training key still counts."""
+    _, configs, _ = study.study_plan(compare.get_config("tiny"))
+    vconfig = configs["qsnet"]
+    study.share_segmenter({"qsnet": vconfig}, str(tmp_path / "first"))
+    (tmp_path / "qsnet").mkdir()
+    (tmp_path / "qsnet" / "config.json").write_text(vconfig.to_json_best_effort())
+    moved = copy.deepcopy(vconfig)
+    moved.segmentation.dir = str(tmp_path / "second" / "segmenter")
+    study._check_same_config(str(tmp_path / "qsnet"), moved, "qsnet")  # no error
+    moved.model.base_width += 1
+    with pytest.raises(UserError, match="model.base_width"):
+        study._check_same_config(str(tmp_path / "qsnet"), moved, "qsnet")

@@ -55,6 +55,9 @@ from workflow.overrides import apply_override
 
 COMPARISON_DIR = "comparison"
 SEGMENTER_DIR = "segmenter"  # the study's shared downstream segmenter
+# where a variant's outputs go, not how it is trained: a finished variant copied into
+# another study's work dir (another WORKDIR/segmenter) is still the same variant
+PLACEMENT_KEYS = {"segmentation.dir"}
 SEEDS_DIR = "seeds"  # WORKDIR/seeds/<seed>/<variant>/ with config.study.seeds
 _NAME = re.compile(r"^[a-z0-9_]+$")
 
@@ -151,7 +154,7 @@ def _check_same_config(vdir: str, vconfig, name: str):
     with open(path) as f:
         stored = json.load(f)
     wanted = json.loads(vconfig.to_json_best_effort())
-    differing = sorted(_diff(stored, wanted))
+    differing = sorted(set(_diff(stored, wanted)) - PLACEMENT_KEYS)
     if differing:
         raise UserError(f"{vdir} holds variant {name!r} trained with another config "
                         f"({', '.join(differing[:4])}{' ...' if len(differing) > 4 else ''} "
