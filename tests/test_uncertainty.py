@@ -396,3 +396,31 @@ def test_subject_figure_gets_an_uncertainty_row_on_the_error_scale():
     missed = int(np.sum(shown_error > 0.05))
     marks = [len(c.get_offsets()) for ax in half_panels for c in ax.collections]
     assert missed in marks
+
+
+def test_checkpoint_id_survives_a_copied_work_dir_and_changes_with_a_retraining(tmp_path):
+    """The fitted uncertainty is tied to its generator: copying the work dir elsewhere (a
+    study reusing finished variants) keeps the id, a new checkpoint changes it."""
+    import json as json_lib
+    import shutil
+
+    from workflow import uncertainty as workflow_uncertainty
+
+    def write_step(stage, step, stamp):
+        step_dir = stage / "checkpoints_best" / str(step)
+        for item in ("meta", "generator"):
+            (step_dir / item).mkdir(parents=True)
+        (step_dir / "_CHECKPOINT_METADATA").write_text(
+            json_lib.dumps({"commit_timestamp_nsecs": stamp}))
+
+    stage = tmp_path / "run" / "finetune"
+    write_step(stage, 150, 1796326623449079639)
+    first = workflow_uncertainty.checkpoint_id(str(stage))
+    assert first == f"{os.path.join('checkpoints_best', '150')}@1796326623449079639"
+    shutil.copytree(tmp_path / "run", tmp_path / "elsewhere" / "run")
+    assert workflow_uncertainty.checkpoint_id(str(tmp_path / "elsewhere" / "run" / "finetune")) \
+        == first
+    shutil.rmtree(stage / "checkpoints_best")
+    write_step(stage, 150, 1796326999000000000)  # retrained: same step, another commit
+    assert workflow_uncertainty.checkpoint_id(str(stage)) != first
+    assert workflow_uncertainty.checkpoint_id(str(tmp_path / "nothing")) == ""

@@ -35,6 +35,7 @@ CALIBRATION_FILE = "calibration.json"
 SEGMENTER_DIR = "segmenter"
 SEGMENTER_FILE = "segmenter.msgpack"
 SEGMENTER_META = "segmenter.json"
+CHECKPOINT_METADATA = "_CHECKPOINT_METADATA"  # Orbax's, in every step dir
 
 
 def section(config, name: str):
@@ -49,13 +50,20 @@ def enabled(config, name: str) -> bool:
 
 
 def checkpoint_id(stage_dir: str) -> str:
-    """The stage's best-or-latest checkpoint step dir and its mtime ("" without one): the
-    fitted uncertainty belongs to that generator and is refitted when it changes."""
+    """Which generator the fitted uncertainty belongs to ("" without a checkpoint): the
+    stage's best-or-latest step dir relative to the stage, and the commit time Orbax wrote
+    inside it (a step dir without it: its mtime). A retrained stage gets another id, so its
+    uncertainty is refitted; a copied or moved work dir keeps it."""
     try:
         step_dir = checkpoints.resolve_checkpoint(stage_dir, prefer_best=True)
     except FileNotFoundError:
         return ""
-    return f"{step_dir}@{os.path.getmtime(step_dir):.0f}"
+    try:
+        with open(os.path.join(step_dir, CHECKPOINT_METADATA)) as f:
+            stamp = str(json.load(f)["commit_timestamp_nsecs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        stamp = f"{os.path.getmtime(step_dir):.0f}"
+    return f"{os.path.relpath(step_dir, os.path.abspath(stage_dir))}@{stamp}"
 
 
 def stage_dir_of(model_path: str) -> str:
