@@ -304,6 +304,12 @@ def adjust_for_multiple_comparisons(tests: Sequence[Mapping]) -> str:
             "one family per metric and region)")
 
 
+def holm_label(result: Mapping) -> str:
+    """``"Holm <p>"`` for a test result that carries a finite ``p_holm``, else ``""``."""
+    adjusted = result.get("p_holm")
+    return "" if adjusted is None or not math.isfinite(adjusted) else f"Holm {adjusted:.3g}"
+
+
 def wilcoxon_markdown(results: Mapping[str, Mapping[str, dict]], name_a: str,
                       name_b: str) -> str:
     """``compare_models`` output as a table of p-values (rows contrasts, columns metric keys)."""
@@ -320,10 +326,8 @@ def wilcoxon_markdown(results: Mapping[str, Mapping[str, dict]], name_a: str,
             if key not in entry:
                 cells.append("–")
                 continue
-            adjusted = entry[key].get("p_holm")
-            cells.append(f"{entry[key]['p_value']:.3g}"
-                         + (f" (Holm {adjusted:.3g})" if adjusted is not None
-                            and math.isfinite(adjusted) else "")
+            holm = holm_label(entry[key])
+            cells.append(f"{entry[key]['p_value']:.3g}" + (f" ({holm})" if holm else "")
                          + f" (n={entry[key]['n']})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

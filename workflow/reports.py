@@ -144,11 +144,6 @@ def _contrasts(result) -> list[str]:
     return order
 
 
-def _holm_text(test) -> str:
-    adjusted = test.get("p_holm")
-    return "" if adjusted is None or not np.isfinite(adjusted) else f", Holm {adjusted:.3g}"
-
-
 def _seed_text(model, contrast: str, key: str, metric: str) -> str:
     """`` [seeds ± sd]``: the sd over training seeds of the split mean, where there are
     several seeds."""
@@ -182,7 +177,8 @@ def study_table(result) -> str:
                 text += _seed_text(model, contrast, key, m)
                 test = partner.get(name, {}).get("results", {}).get(contrast, {}).get(key)
                 if test is not None:
-                    text += f" (p={test['p_value']:.3g}{_holm_text(test)})"
+                    holm = evaluation.holm_label(test)
+                    text += f" (p={test['p_value']:.3g}{', ' + holm if holm else ''})"
                 cells.append(text)
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
