@@ -149,6 +149,10 @@ def paper_config() -> ml_collections.ConfigDict:
     model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
     model.upsample = "transposed"  # transposed | nearest_conv | bilinear_conv (decoder 2x)
     model.conv_weight_grad = "per_sample"  # per_sample | xla: conv weight gradient (CPU speed)
+    # QS-Net / Res-UNet: a per-voxel MLP of the input added to the output head (hidden width;
+    # 0 = none, as in the paper; qsnet_jax/models/qsnet.py)
+    model.pointwise_width = 0
+    model.pointwise_layers = 2
     # pix2pix U-Net-256 generator: ngf of Isola et al. 2017
     model.pix2pix_base_width = 64
     # Swin generator

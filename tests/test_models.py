@@ -300,3 +300,30 @@ def test_seventy_by_seventy_patchgan_at_the_reference_settings_has_2_8m_params()
     assert abs(models.count_params(variables) - 2_768_705) / 2_768_705 < 0.01
     logits = jax.eval_shape(lambda v, c, i: disc.apply(v, c, i), variables, shape, shape)
     assert logits[0].shape == (1, 30, 30, 1)  # the 30x30 patch grid of a 70x70 PatchGAN
+
+
+def test_pointwise_path_adds_a_numpy_mlp_of_each_voxel_to_the_output_logits():
+    # model.pointwise_width: the prediction's logit is the U-Net head's logit plus an MLP of
+    # the voxel's own inputs, at full resolution only (the deep-supervision heads unchanged).
+    with_path = build(tiny_model_config(pointwise_width=6, pointwise_layers=2))
+    without = build(tiny_model_config())
+    x = random_images(11, 20, 24, 3, batch=2)
+    params = with_path.init(jax.random.key(3), x)["params"]
+    params = jax.tree_util.tree_map(  # a non-zero head bias, so the test sees it
+        lambda p: p + 0.1 * jax.random.normal(jax.random.key(4), p.shape), params)
+    unet_params = {k: v for k, v in params.items() if not k.startswith("pointwise_")}
+    assert set(params) - set(unet_params) == {"pointwise_hidden_0", "pointwise_hidden_1",
+                                              "pointwise_head"}
+    out = with_path.apply({"params": params}, x)
+    base = without.apply({"params": unet_params}, x)
+
+    p = jax.tree_util.tree_map(np.asarray, params)
+    silu = lambda v: v / (1 + np.exp(-v))
+    h = np.asarray(x, np.float64)
+    for name in ("pointwise_hidden_0", "pointwise_hidden_1"):
+        h = silu(h @ p[name]["kernel"][0, 0] + p[name]["bias"])
+    mlp = h @ p["pointwise_head"]["kernel"][0, 0] + p["pointwise_head"]["bias"]
+    logit = lambda y: np.log(np.asarray(y, np.float64) / (1 - np.asarray(y, np.float64)))
+    np.testing.assert_allclose(logit(out.prediction) - logit(base.prediction), mlp, atol=2e-4)
+    for a, b in zip(out.aux, base.aux, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -55,6 +55,8 @@ def _residual_unet(model_config, *, deep_supervision, target_channels, **_):
         upsample=layers.check_upsample(model_config.get("upsample", "transposed")),
         conv_weight_grad=layers.check_conv_weight_grad(
             model_config.get("conv_weight_grad", "per_sample")),
+        pointwise_width=model_config.get("pointwise_width", 0),
+        pointwise_layers=model_config.get("pointwise_layers", 2),
         dtype=layers.compute_dtype(model_config.dtype),
     )
 

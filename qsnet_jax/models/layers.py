@@ -162,6 +162,37 @@ def normalize(x, kind: str, *, train: bool, dtype: Dtype = jnp.float32, name: st
     raise ValueError(f"unknown norm {kind!r}; known: {list(NORMS)}")
 
 
+class Pointwise(nn.Module):
+    """A 1x1 convolution computed as one matrix product over the channels. Same parameters
+    as ``nn.Conv(features, (1, 1))`` (kernel ``[1, 1, C, F]``, bias ``[F]``), same outputs;
+    XLA's CPU convolution path ran the per-voxel MLP's training step 3.2x slower (1.35 against
+    0.43 s for forward and backward of a 8 x 96 x 112 batch, measured on 2 cores)."""
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (1, 1, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+        return jnp.einsum("...c,cf->...f", x, kernel[0, 0]) + bias
+
+
+def pointwise_mlp(x, *, width: int, num_layers: int, out_channels: int, activation: str,
+                  dtype: Dtype = jnp.float32, prefix: str = ""):
+    """`num_layers` hidden 1x1 layers of `width` features, then a linear 1x1 layer to
+    `out_channels`: a function of each voxel's own input column, returned before any output
+    activation. Call it inside an ``nn.compact`` method: the layers (``{prefix}hidden_{i}``,
+    ``{prefix}head``) become the caller's submodules."""
+    act = activation_fn(activation)
+    h = x.astype(dtype)
+    for i in range(num_layers):
+        h = act(Pointwise(width, dtype=dtype, name=f"{prefix}hidden_{i}")(h))
+    return Pointwise(out_channels, dtype=dtype, name=f"{prefix}head")(h)
+
+
 class ResidualBlock(nn.Module):
     """conv3x3-norm-act-(dropout)-conv3x3-norm, plus the input (1x1-projected when the width
     changes), then the activation: the basic block of He et al. 2016."""

@@ -3,13 +3,20 @@
 Encoder: a 3x3 stem, then at each of `depth` levels `blocks_per_level` residual blocks (the
 level's output is kept as a skip) and a 3x3 stride-2 convolution that halves the resolution
 and moves to the next width; `blocks_per_level` residual blocks at `bottleneck_width` form
-the bottleneck. Decoder: at each level a learned 2x up-sampling (matmul form of the 2x2
-stride-2 transposed convolution), concatenation with the skip, `blocks_per_level` residual
-blocks (the first projects the doubled width back), and a 1x1 output head. With deep
-supervision every decoder level has a head; the heads below full resolution are the
-auxiliary outputs, coarse to fine. Res-UNet is the same network with only the last head.
+the bottleneck. Decoder: at each level a learned 2x up-sampling (`upsample`: the matmul form
+of the paper's 2x2 stride-2 transposed convolution, or a resize and a 3x3 convolution),
+concatenation with the skip, `blocks_per_level` residual blocks (the first projects the
+doubled width back), and a 1x1 output head. With deep supervision every decoder level has a
+head; the heads below full resolution are the auxiliary outputs, coarse to fine. Res-UNet is
+the same network with only the last head.
 
 Widths: base_width * 2**level, capped at bottleneck_width.
+
+Optional per-voxel path (`pointwise_width` > 0, not in the paper): a small MLP of each
+voxel's own input column (1x1 layers, `layers.pointwise_mlp`) whose output is added to the
+full-resolution head before its activation. The voxel-wise part of the mapping (most of
+T2w is a function of the voxel's T2 and PD) is then learnt as fast as by the per-voxel
+baseline, and the U-Net learns what needs context on top of it.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ class ResidualUNet(nn.Module):
     deep_supervision: bool = True
     upsample: str = "transposed"  # layers.UPSAMPLINGS
     conv_weight_grad: str = "per_sample"  # layers.CONV_WEIGHT_GRADS
+    pointwise_width: int = 0  # hidden width of the per-voxel path; 0 = none (the paper)
+    pointwise_layers: int = 2
     dtype: Any = jnp.float32
 
     def level_width(self, level: int) -> int:
@@ -51,6 +60,12 @@ class ResidualUNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False) -> GeneratorOutput:
         x, size = layers.pad_to_multiple(x.astype(self.dtype), 2**self.depth)
+        pointwise = None
+        if self.pointwise_width > 0:
+            pointwise = layers.pointwise_mlp(
+                x, width=self.pointwise_width, num_layers=self.pointwise_layers,
+                out_channels=self.out_channels, activation=self.activation, dtype=self.dtype,
+                prefix="pointwise_")
         block = lambda features, name: layers.ResidualBlock(
             features, norm=self.norm, activation=self.activation, dropout=self.dropout,
             conv_weight_grad=self.conv_weight_grad, dtype=self.dtype, name=name)
@@ -78,12 +93,15 @@ class ResidualUNet(nn.Module):
             for b in range(self.blocks_per_level):
                 h = block(width, f"decoder_{level}_block_{b}")(h, train)
             if self.deep_supervision or level == 0:
-                heads.append((level, self._head(h, f"decoder_{level}_head")))
+                extra = pointwise if level == 0 else None
+                heads.append((level, self._head(h, f"decoder_{level}_head", extra)))
 
         outputs = [layers.crop_to(y, size, 2**level) for level, y in heads]
         return GeneratorOutput(prediction=outputs[-1], aux=tuple(outputs[:-1]))
 
-    def _head(self, h, name):
+    def _head(self, h, name, extra=None):
         y = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name=name)(h)
+        if extra is not None:
+            y = y + extra
         # The output non-linearity in float32: sigmoid saturation is imprecise in bfloat16.
         return layers.output_activation_fn(self.output_activation)(y.astype(jnp.float32))
