@@ -150,9 +150,12 @@ def test_gbm_calib_split_present_disjoint_and_readable(tiny_cohort):
     assert len(calib) == 1 and test and not calib & test
     assert all(r["group"] == "gbm" and r["site"] == "A" for r in rows
                if r["split"] == "gbm_calib")
-    for name, count in (("quick", 2), ("bench", 6), ("paper", 4)):
+    for name, count in (("quick", 6), ("bench", 6), ("paper", 4)):
         splits = presets.PRESETS[name].splits
         assert sum(n for s, _, _, n in splits if s == "gbm_calib") == count
+    # quick's added calibration subjects come last: subject k of every other split is the
+    # subject it was with two calibration subjects (the README's quick numbers stay valid)
+    assert presets.PRESETS["quick"].splits[:7] == presets._design(4, 2, 3, 3, 2, 2, 2)
     # bench: enough paired subjects that a two-sided Wilcoxon test can reach p < 0.005
     splits = presets.PRESETS["bench"].splits
     gbm_a = sum(n for s, g, site, n in splits if s == "gbm_test" and site == "A")
