@@ -190,16 +190,46 @@ def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
     assert calls == ["sub-001"] and os.listdir(tmp_path) == []
 
 
+def _design_rows(preset_name, subject_prefix="sub"):
+    """Manifest rows with the subjects per split of a preset's design (no images)."""
+    rows = []
+    for split, group, site, count in presets.resolve_preset(preset_name).splits:
+        rows += [{"subject": f"{subject_prefix}-{len(rows) + 1:03d}", "group": group,
+                  "site": site, "split": split} for _ in range(count)]
+    return rows
+
+
 def test_ensure_cohort_race_loser_uses_winner(tmp_path, monkeypatch):
     target = writer.cohort_path("tiny", 7, str(tmp_path))
 
     def build_while_another_wins(root, preset, seed, **kwargs):
         writer.write_manifest(root, [])
         os.makedirs(target)  # the other process renames its cohort first
-        writer.write_manifest(target, [{"subject": "winner"}])
+        writer.write_manifest(target, _design_rows("tiny", "winner"))
 
     monkeypatch.setattr(writer, "build_into", build_while_another_wins)
     assert writer.ensure_cohort("tiny", 7, str(tmp_path)) == target
-    assert _manifest(target)[0]["subject"] == "winner"
+    assert _manifest(target)[0]["subject"] == "winner-001"
     assert os.listdir(tmp_path) == ["tiny-v2-seed7"]  # the loser's temporary folder is gone
     assert writer.ensure_cohort("tiny", 7, str(tmp_path)) == target  # cached: no build
+
+
+def test_ensure_cohort_rebuilds_a_cache_made_by_an_earlier_design(tmp_path, monkeypatch):
+    # the quick preset once had 2 gbm_calib subjects; a cache from then must not be used
+    # as if it were today's preset
+    target = writer.cohort_path("tiny", 0, str(tmp_path))
+    os.makedirs(target)
+    stale = _design_rows("tiny", "old")
+    writer.write_manifest(target, [r for r in stale if r["split"] != "gbm_calib"])
+    builds, lines = [], []
+
+    def build(root, preset, seed, **kwargs):
+        builds.append(seed)
+        writer.write_manifest(root, _design_rows("tiny", "new"))
+
+    monkeypatch.setattr(writer, "build_into", build)
+    assert writer.ensure_cohort("tiny", 0, str(tmp_path), log=lines.append) == target
+    assert builds == [0] and _manifest(target)[0]["subject"] == "new-001"
+    assert any("earlier version of preset 'tiny'" in line for line in lines)
+    assert os.listdir(tmp_path) == ["tiny-v2-seed0"]  # the stale one swapped out, no leftovers
+    assert writer.ensure_cohort("tiny", 0, str(tmp_path)) == target and builds == [0]

@@ -240,15 +240,43 @@ def cohort_path(preset: str, seed: int, cache_dir: str) -> str:
                         f"{preset}-{COHORT_FORMAT}-seed{seed}")
 
 
+def design_counts(preset: Preset) -> dict:
+    """{(split, group, site): subjects} of a preset's design."""
+    counts = {}
+    for split, group, site, count in preset.splits:
+        counts[(split, group, site)] = counts.get((split, group, site), 0) + count
+    return counts
+
+
+def manifest_counts(root: str) -> dict:
+    """{(split, group, site): subjects} of a written cohort's manifest.csv."""
+    counts = {}
+    with open(os.path.join(root, "manifest.csv"), newline="") as f:
+        for row in csv.DictReader(f):
+            key = (row.get("split"), row.get("group"), row.get("site"))
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def ensure_cohort(preset: str, seed: int, cache_dir: str, *, jobs=None, log=None) -> str:
     """The phantom cohort `preset` with `seed` under `cache_dir`
     (cache_dir/<preset>-<format>-seed<seed>), built atomically the first time. Safe when
-    several processes race: the first to finish publishes, the others discard theirs."""
+    several processes race: the first to finish publishes, the others discard theirs.
+
+    A cached cohort whose subjects do not match the preset's design (built by an earlier
+    version of the preset, e.g. the quick preset before it had 6 calibration subjects) is
+    rebuilt and swapped in whole, never used silently."""
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     path = cohort_path(preset, seed, cache_dir)
-    if os.path.isfile(os.path.join(path, "manifest.csv")):
-        return path
     resolved = resolve_preset(preset)
-    with staged_dir(path, if_exists="keep") as tmp:
+    if_exists = "keep"
+    if os.path.isfile(os.path.join(path, "manifest.csv")):
+        if manifest_counts(path) == design_counts(resolved):
+            return path
+        log(f"{path}: built by an earlier version of preset {preset!r} (subjects per split "
+            f"differ from the preset's design); rebuilding it")
+        if_exists = "replace"
+    with staged_dir(path, if_exists=if_exists) as tmp:
         build_into(tmp, resolved, seed, jobs=jobs, log=log)
     if not os.path.isfile(os.path.join(path, "manifest.csv")):
         raise FileExistsError(f"{path} exists but holds no manifest.csv: remove it")
