@@ -30,9 +30,16 @@ def hand_counted_qsnet_params(model, inputs, outputs):
     total += residual_block(model.bottleneck_width, model.bottleneck_width)
     below = model.bottleneck_width
     for width in reversed(widths):
-        total += below * 4 * width + width  # 2x up-sampling: a [C, 2, 2, width] kernel + bias
+        if model.upsample == "transposed":  # a [C, 2, 2, width] kernel + bias
+            total += below * 4 * width + width
+        else:  # resize, then a 3x3 conv with bias
+            total += conv(3, below, width)
         total += residual_block(2 * width, width) + conv(1, width, outputs)  # block + head
         below = width
+    if model.pointwise_width:  # the per-voxel path: 1x1 layers with bias
+        hidden = model.pointwise_width
+        total += conv(1, inputs, hidden) + (model.pointwise_layers - 1) * conv(1, hidden, hidden)
+        total += conv(1, hidden, outputs)
     return total
 
 
@@ -52,7 +59,11 @@ def test_summary_rows_count_params_and_flops():
     rows = reports.model_summary_rows(config, ["qsnet", "physics"], 32, 40)
     names = [row[0] for row in rows]
     assert names == ["qsnet", "physics", "discriminator: multiscale_patchgan"]
-    assert rows[0][1] == hand_counted_qsnet_params(config.model, 3, 5) == 42_562
+    assert rows[0][1] == hand_counted_qsnet_params(config.model, 3, 5) == 50_503
+    paper = default.get_config("tiny")  # the paper's layers: transposed conv, no MLP path
+    paper.model.upsample, paper.model.pointwise_width = "transposed", 0
+    paper_rows = reports.model_summary_rows(paper, ["qsnet"], 32, 40)
+    assert paper_rows[0][1] == hand_counted_qsnet_params(paper.model, 3, 5) == 42_562
     assert rows[1][1] == 5  # one scale per contrast
     assert rows[2][1] == hand_counted_patchgan_params(config.discriminator, 3 + 5) == 11_881
     # a conv net of this size costs far more than the 5-scale signal equations

@@ -82,7 +82,7 @@ def test_deep_supervision_heads_coarse_to_fine_and_resunet_has_none():
     resunet = build(tiny_model_config("resunet", depth=3, bottleneck_width=32))
     out, variables = resunet.init_with_output(jax.random.key(0), x)
     assert out.aux == () and out.prediction.shape == (1, 24, 40, 5)
-    heads = [k for k in variables["params"] if k.endswith("_head")]
+    heads = [k for k in variables["params"] if k.startswith("decoder_") and k.endswith("_head")]
     assert heads == ["decoder_0_head"]
 
 
@@ -223,7 +223,9 @@ def test_is_encoder_param_splits_encoder_and_decoder():
     encoder = {p[0] for p in paths if models.is_encoder_param(p)}
     decoder = {p[0] for p in paths if not models.is_encoder_param(p)}
     assert "stem" in encoder and "encoder_bottleneck_block_0" in encoder
-    assert all(name.startswith("decoder_") for name in decoder)
+    # the per-voxel path is not encoder: it keeps training while the encoder is frozen
+    assert all(name.startswith(("decoder_", "pointwise_")) for name in decoder)
+    assert "pointwise_head" in decoder
     assert models.is_encoder_param(("params", "encoder_0_down", "kernel"))
     assert not models.is_encoder_param(("params", "decoder_0_head", "kernel"))
 
@@ -231,7 +233,11 @@ def test_is_encoder_param_splits_encoder_and_decoder():
 def test_default_qsnet_matches_the_reference_twin_size():
     # docs/design.md section 7: widths 32-256, bottleneck 512, two residual blocks per level,
     # GroupNorm + SiLU: 18.9 M parameters.
+    # The twin up-samples with 2x2 transposed convolutions (the default resize + 3x3 conv
+    # has 9/4 of their weights: 19.8 M in all) and has no per-voxel path.
     config = default.get_config()
+    config.model.upsample = "transposed"
+    config.model.pointwise_width = 0
     module = build(config.model)
     summary = models.model_summary(module, (1, 64, 64, 3))
     assert abs(summary["params"] - 18.9e6) / 18.9e6 < 0.01
@@ -306,7 +312,7 @@ def test_pointwise_path_adds_a_numpy_mlp_of_each_voxel_to_the_output_logits():
     # model.pointwise_width: the prediction's logit is the U-Net head's logit plus an MLP of
     # the voxel's own inputs, at full resolution only (the deep-supervision heads unchanged).
     with_path = build(tiny_model_config(pointwise_width=6, pointwise_layers=2))
-    without = build(tiny_model_config())
+    without = build(tiny_model_config(pointwise_width=0))
     x = random_images(11, 20, 24, 3, batch=2)
     params = with_path.init(jax.random.key(3), x)["params"]
     params = jax.tree_util.tree_map(  # a non-zero head bias, so the test sees it

@@ -154,7 +154,7 @@ def test_gbm_calib_split_present_disjoint_and_readable(tiny_cohort):
         splits = presets.PRESETS[name].splits
         assert sum(n for s, _, _, n in splits if s == "gbm_calib") == count
     # quick's added calibration subjects come last: subject k of every other split is the
-    # subject it was with two calibration subjects (the README's quick numbers stay valid)
+    # subject it was with two calibration subjects (training, test and external unchanged)
     assert presets.PRESETS["quick"].splits[:7] == presets._design(4, 2, 3, 3, 2, 2, 2)
     # bench: enough paired subjects that a two-sided Wilcoxon test can reach p < 0.005
     splits = presets.PRESETS["bench"].splits
