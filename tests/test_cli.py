@@ -80,7 +80,9 @@ def test_physics_is_fitted_into_the_default_workdir(tmp_path, tiny_cohort):
     assert "physics baseline: scales fitted on healthy_train, gbm_train" in result.stdout
     assert "step 1/" not in result.stdout  # no gradient step was taken
     workdir = tmp_path / "runs" / "default_tiny"
-    assert (workdir / "finetune" / "eval" / "gbm_test" / "report.md").is_file()
+    report = workdir / "finetune" / "eval" / "gbm_test" / "report.md"
+    assert report.is_file()
+    assert f"  report   {report}" in result.stdout.splitlines()  # the run says where it is
     assert not (workdir / "pretrain").exists()
     result = run_in(tmp_path, "experiments.evaluate", f"--workdir={workdir}",
                     "--split=healthy_test")

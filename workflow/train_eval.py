@@ -350,7 +350,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, make_parents: bool =
         results.append(result)
     if is_chief():
         write_training_curves(config, workdir)
+        print_outputs(config, workdir)
     return results
+
+
+def print_outputs(config, workdir: str) -> None:
+    """Where a finished run's report, figures and curves are (the last lines of a run)."""
+    stage = config.stages[-1]
+    eval_dir = os.path.join(workdir, stage, "eval", str(config[stage].eval_split))
+    lines = [f"done: {workdir}"]
+    for label, path in (("report", os.path.join(eval_dir, "report.md")),
+                        ("figures", os.path.join(eval_dir, "figures")),
+                        ("curves", os.path.join(workdir, TRAINING_CURVES))):
+        if os.path.exists(path):
+            lines.append(f"  {label:8s} {path}")
+    print("\n".join(lines), flush=True)
 
 
 def _run_physics(config, workdir: str, cohort_dir: str):
@@ -366,4 +380,5 @@ def _run_physics(config, workdir: str, cohort_dir: str):
         io.write_json(os.path.join(stage_dir, STAGE_DONE), {
             "steps": int(config[stage].steps), "fit": "closed-form", "best_score": None,
             "best_metric": config.train.best_metric, "last_scores": {}})
+        print_outputs(config, workdir)
     return []
