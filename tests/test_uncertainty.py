@@ -6,6 +6,7 @@ coverage/width/rank correlation recomputed with NumPy and scipy.stats.rankdata.
 
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -278,7 +279,7 @@ def test_evaluate_and_synthesize_carry_calibrated_intervals(tmp_path):
 
     from configs import default
     from data_pipelines import cohort as cohort_lib
-    from qsnet_jax import models
+    from qsnet_jax import inference, models
     from workflow import evaluate, synthesize
     from workflow import uncertainty as workflow_uncertainty
 
@@ -299,6 +300,7 @@ def test_evaluate_and_synthesize_carry_calibrated_intervals(tmp_path):
     calibration = json.loads((stage_dir / "uncertainty" / "calibration.json").read_text())
     assert calibration["calibration_subjects"] == ["s2", "s3"]  # never the test subjects
     assert calibration["fit_splits"] == ["gbm_train"]
+    assert calibration["cohort"] == str(root)
     unc_record = saved["uncertainty"]
     assert unc_record["level"] == 0.9 and unc_record["timing"]["synthesis_s"] > 0
     for key in ("coverage", "coverage_tumor", "coverage_healthy", "width_tumor", "spearman"):
@@ -330,6 +332,16 @@ def test_evaluate_and_synthesize_carry_calibrated_intervals(tmp_path):
             inside.mean(), abs=1e-6)
         assert np.all(half[~brain] == 0)
     assert os.path.isfile(stage_dir.parent / "segmenter" / "segmenter.json")
+
+    # evaluate --cohort OTHER: the intervals are refitted on the other cohort's splits, then
+    # reused there (predict_fn=None would fail if they were fitted again)
+    other = tmp_path / "other_cohort"
+    shutil.copytree(root, other)
+    refitted, _ = workflow_uncertainty.uncertainty_for(
+        config, str(stage_dir), inference.make_predict_fn(module, variables), str(other))
+    assert refitted.meta["cohort"] == str(other)
+    again, _ = workflow_uncertainty.uncertainty_for(config, str(stage_dir), None, str(other))
+    assert again.meta["cohort"] == str(other)
 
 
 def test_a_shared_segmenter_is_reused_only_with_the_same_settings(tmp_path):

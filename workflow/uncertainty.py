@@ -166,7 +166,7 @@ def fit_uncertainty(config, stage_dir: str, predict_fn: Callable, root: str, *,
     batch_size = int(config.eval.batch_size)
     context = int(config.data.context_slices)
     meta = {"method": method, "calibration_split": calibration_split,
-            "checkpoint": checkpoint_id(stage_dir)}
+            "checkpoint": checkpoint_id(stage_dir), "cohort": os.path.abspath(root)}
     scale_fn, state = None, None
     started = time.time()
     if method == "residual_net":
@@ -266,7 +266,11 @@ def uncertainty_for(config, stage_dir: str, predict_fn: Callable, root: str, *,
     if model is not None and model.method == str(settings.method) and \
             model.level == float(settings.level) and \
             model.meta.get("calibration_split") == str(settings.calibration_split) and \
-            model.meta.get("checkpoint") == checkpoint_id(stage_dir):
+            model.meta.get("checkpoint") == checkpoint_id(stage_dir) and \
+            model.meta.get("cohort", os.path.abspath(root)) == os.path.abspath(root):
+        # fitted for this checkpoint on this cohort's splits (intervals fitted before the
+        # cohort was recorded are kept); another cohort (evaluate --cohort) is refitted on
+        # its own fit and calibration splits
         return model, ""
     split = str(settings.calibration_split)
     if not has_split(root, split):
