@@ -14,6 +14,7 @@ Workers are spawned, not forked: the parent has JAX's thread pools running.
 
 from __future__ import annotations
 
+import collections
 import csv
 import gzip
 import io
@@ -240,22 +241,19 @@ def cohort_path(preset: str, seed: int, cache_dir: str) -> str:
                         f"{preset}-{COHORT_FORMAT}-seed{seed}")
 
 
-def design_counts(preset: Preset) -> dict:
+def design_counts(preset: Preset) -> collections.Counter:
     """{(split, group, site): subjects} of a preset's design."""
-    counts = {}
+    counts = collections.Counter()
     for split, group, site, count in preset.splits:
-        counts[(split, group, site)] = counts.get((split, group, site), 0) + count
+        counts[(split, group, site)] += count
     return counts
 
 
-def manifest_counts(root: str) -> dict:
+def manifest_counts(root: str) -> collections.Counter:
     """{(split, group, site): subjects} of a written cohort's manifest.csv."""
-    counts = {}
     with open(os.path.join(root, "manifest.csv"), newline="") as f:
-        for row in csv.DictReader(f):
-            key = (row.get("split"), row.get("group"), row.get("site"))
-            counts[key] = counts.get(key, 0) + 1
-    return counts
+        return collections.Counter((row.get("split"), row.get("group"), row.get("site"))
+                                   for row in csv.DictReader(f))
 
 
 def ensure_cohort(preset: str, seed: int, cache_dir: str, *, jobs=None, log=None) -> str:
