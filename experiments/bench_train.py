@@ -52,7 +52,7 @@ def main(argv):
     config = cli.load_config(FLAGS, argv)
 
     size = {"height": FLAGS.height, "width": FLAGS.width, "batch_size": FLAGS.batch_size}
-    configs = {variant: apply_overrides(config, variant) for variant in FLAGS.variants}
+    configs = {variant: cli.run(apply_overrides, config, variant) for variant in FLAGS.variants}
     jax_records = []
     for variant, variant_config in configs.items():
         record = benchmarking.time_train_step(variant_config, steps=FLAGS.steps, **size)
