@@ -27,6 +27,8 @@ import functools
 import numpy as np
 from scipy import ndimage
 
+from data_pipelines.phantom import resample
+
 # MNI coordinates (mm) of the deep gray nuclei, one ellipsoid per side: centre, semi-axes, and
 # the iron susceptibility (ppm, relative to cortex) that makes them dark on SWI (globus
 # pallidus > putamen > caudate > thalamus, as in QSM atlases).
@@ -138,6 +140,12 @@ def _world_coords(shape, affine, dtype=np.float32):
     return [affine[i, 3] + affine[i, i] * idx[i] for i in range(3)]
 
 
+def world_axes(shape, affine, dtype=np.float32):
+    """The world coordinates of an axis-aligned grid, one vector per axis (the same values
+    as `_world_coords`, without the full grids)."""
+    return [affine[i, 3] + affine[i, i] * np.arange(shape[i], dtype=dtype) for i in range(3)]
+
+
 @functools.lru_cache(maxsize=4)
 def template_at(voxel_mm: int) -> Template:
     """The template block-averaged to `voxel_mm`: block means are exactly the partial-volume
@@ -196,13 +204,13 @@ def smooth_field(rng, shape, voxel_mm, correlation_mm, *, coarse_mm=None, at=Non
     noise = ndimage.gaussian_filter(rng.standard_normal(coarse_shape), 1.0, mode="wrap")
     noise = (noise - noise.mean()) / max(noise.std(), 1e-12)
     # Voxel i of the grid sits at i * voxel / coarse + 1 lattice units (1-cell margin).
-    if at is not None:
+    if at is not None and len(at) < np.prod(shape) // 8:  # few points: scipy is cheaper
         idx = np.unravel_index(at, shape)
         mesh = [i.astype(np.float32) * voxel_mm / coarse_mm + 1.0 for i in idx]
         return ndimage.map_coordinates(noise, mesh, order=1, mode="nearest").astype(np.float32)
     coords = [np.arange(s, dtype=np.float32) * voxel_mm / coarse_mm + 1.0 for s in shape]
-    mesh = np.meshgrid(*coords, indexing="ij", sparse=False)
-    return ndimage.map_coordinates(noise, mesh, order=1, mode="nearest").astype(np.float32)
+    field = resample.on_grid(noise, coords, order=1, mode="nearest")
+    return field if at is None else field.ravel()[at]
 
 
 def rotation_matrix(angles_rad):
@@ -282,12 +290,22 @@ def _deflate(p, centre, radius_mm):
     return c + d * (r_src / r)
 
 
-def sample(template: Template, name: str, coords_mm, *, order=1):
-    """Template volume `name` interpolated at world-mm coordinates [3, ...]."""
+def sample(template: Template, names, coords_mm) -> dict:
+    """{name: template volume `name` interpolated (trilinear, 0 outside the template) at
+    world-mm coordinates [3, ...]} for each of `names`, in one pass over the points."""
     inv = np.linalg.inv(template.affine)
     idx = [inv[i, i] * coords_mm[i] + inv[i, 3] for i in range(3)]
-    return ndimage.map_coordinates(template.volumes[name], idx, order=order, mode="constant",
-                                   cval=0.0).astype(np.float32)
+    values = resample.trilinear(_stacked(template, tuple(names)), idx)
+    return dict(zip(names, values, strict=True))
+
+
+def _stacked(template: Template, names: tuple) -> np.ndarray:
+    """The template's volumes `names` as one table, kept on the template (the same dozen
+    1 mm volumes are sampled for every subject)."""
+    cache = template.__dict__.setdefault("_stacks", {})
+    if names not in cache:
+        cache[names] = resample.stack([template.volumes[name] for name in names])
+    return cache[names]
 
 
 def bias_field(rng, shape, affine, amplitude):
@@ -460,20 +478,19 @@ def box_fraction(values, spacing):
         np.float32)
 
 
-def random_field_at(rng, points_mm, correlation_mm):
-    """Smooth zero-mean, unit-std field at world points [3, ...] (cubic spline of a smoothed
-    noise lattice of spacing correlation/2 over the points' bounding box)."""
-    flat = points_mm.reshape(3, -1)
-    lo = flat.min(axis=1) - correlation_mm
-    hi = flat.max(axis=1) + correlation_mm
+def random_field_at(rng, axes_mm, correlation_mm):
+    """Smooth zero-mean, unit-std field on the axis-aligned grid of world coordinates
+    `axes_mm` (one vector per axis): a cubic spline of a smoothed noise lattice of spacing
+    correlation/2 over the grid's bounding box."""
+    lo = np.array([a.min() for a in axes_mm]) - correlation_mm
+    hi = np.array([a.max() for a in axes_mm]) + correlation_mm
     spacing = correlation_mm / 2.0
     shape = [int(np.ceil((b - a) / spacing)) + 1 for a, b in zip(lo, hi, strict=True)]
     noise = ndimage.gaussian_filter(rng.standard_normal(shape), 1.0, mode="wrap")
     noise = (noise - noise.mean()) / max(noise.std(), 1e-12)
     coeffs = ndimage.spline_filter(noise, order=3)
-    idx = [(points_mm[i] - lo[i]) / spacing for i in range(3)]
-    return ndimage.map_coordinates(coeffs, idx, order=3, prefilter=False,
-                                   mode="nearest").astype(np.float32)
+    idx = [(axes_mm[i] - lo[i]) / spacing for i in range(3)]
+    return resample.on_grid(coeffs, idx, order=3, mode="nearest")
 
 
 @dataclasses.dataclass
@@ -491,14 +508,15 @@ def draw_sharp(rng) -> SharpAnatomyDraw:
                             float(rng.uniform(*CORTEX_THICKNESS_MM)))
 
 
-def sharp_fractions(draw: SharpAnatomyDraw, sampled, world_mm, spacing):
+def sharp_fractions(draw: SharpAnatomyDraw, sampled, world_axes_mm, spacing):
     """Tissue fractions (wm, cgm, dgm, csf; of the voxel) of the subject's sharp model on a
     grid, from the template maps `sampled` there (parenchyma, wm_prob, brain, dgm_prior,
-    depth_mm) and the grid's world coordinates [3, ...] (mm) and spacing (mm per axis)."""
+    depth_mm), the grid's world coordinates (mm, one vector per axis) and its spacing (mm per
+    axis)."""
     rng = np.random.default_rng(draw.seed)
-    theta_p = 0.5 + THRESHOLD_STD * random_field_at(rng, world_mm, THRESHOLD_CORRELATION_MM)
-    theta_w = 0.5 + THRESHOLD_STD * random_field_at(rng, world_mm, THRESHOLD_CORRELATION_MM)
-    sulcal = random_field_at(rng, world_mm, SULCUS_CORRELATION_MM)
+    theta_p = 0.5 + THRESHOLD_STD * random_field_at(rng, world_axes_mm, THRESHOLD_CORRELATION_MM)
+    theta_w = 0.5 + THRESHOLD_STD * random_field_at(rng, world_axes_mm, THRESHOLD_CORRELATION_MM)
+    sulcal = random_field_at(rng, world_axes_mm, SULCUS_CORRELATION_MM)
     brain = box_fraction(sampled["brain"] - 0.5, spacing)
     parenchyma = box_fraction(sampled["parenchyma"] - theta_p, spacing) * brain
     wm = np.minimum(box_fraction(sampled["wm_prob"] - theta_w, spacing), 1.0) * parenchyma
@@ -526,8 +544,7 @@ def depth_at(points_mm):
     affine, depth, _ = _depth_2mm()
     inv = np.linalg.inv(affine)
     idx = [inv[i, i] * points_mm[i] + inv[i, 3] for i in range(3)]
-    return ndimage.map_coordinates(depth, idx, order=1, mode="constant", cval=0.0).astype(
-        np.float32)
+    return resample.trilinear([depth], idx)[0]
 
 
 def purity(fractions, brain_mask, threshold=0.95):

@@ -34,9 +34,8 @@ import functools
 import jax
 import numpy as np
 import scipy.fft
-from scipy import ndimage
 
-from data_pipelines.phantom import anatomy, lesion, tissues
+from data_pipelines.phantom import anatomy, lesion, resample, tissues
 from data_pipelines.phantom.presets import Preset
 from qsnet_jax.physics import dictionary as mrf_dictionary
 from qsnet_jax.physics import epg, mrf, signal, swi
@@ -253,7 +252,7 @@ def subject_anatomy(rng, warp, lesion_spec, preset: Preset, sharp):
     template = anatomy.template_at(preset.voxel_mm)
     shape, affine = anatomy.grid_affine(preset.voxel_mm, preset.in_plane, anatomy.MAX_SCALE)
     coords = anatomy.backward_map(warp, shape, affine)
-    brain = anatomy.sample(template, "brain", coords)
+    brain = anatomy.sample(template, ["brain"], coords)["brain"]
     zs = np.nonzero((brain >= 0.5).any(axis=(0, 1)))[0]
     z0, z1 = max(zs[0] - 1, 0), min(zs[-1] + 2, shape[2])
     coords = coords[..., z0:z1]
@@ -263,10 +262,10 @@ def subject_anatomy(rng, warp, lesion_spec, preset: Preset, sharp):
     veins = anatomy.vein_fraction(rng, template)
     fine_affine, fine_shape = fine_grid(affine, shape)
     # The backward map is smooth: interpolate it onto the fine grid.
-    at = [(np.arange(n) + 0.5) / FINE - 0.5 for n in fine_shape[:2]]
-    mesh = np.meshgrid(at[0], at[1], np.arange(fine_shape[2]), indexing="ij")
-    fine_coords = np.stack([ndimage.map_coordinates(c, mesh, order=1, mode="nearest")
-                            for c in coords]).astype(np.float32)
+    at = [(np.arange(n) + 0.5) / FINE - 0.5 for n in fine_shape[:2]] + [
+        np.arange(fine_shape[2])]
+    fine_coords = np.stack([resample.on_grid(c, at, order=1, mode="nearest")
+                            for c in coords])
     fine = tissue_model(fine_coords, fine_affine, template, veins,
                         sharp if "anatomy" in preset.effects else None)
     healthy_fine = {name: f.copy() for name, f in fine["fractions"].items()}
@@ -287,23 +286,20 @@ def tissue_model(coords, affine, template, veins, sharp):
     """Fractions of wm, cgm, dgm, csf, vein on a grid whose voxels map to template points
     `coords` [3, ...]: the subject's sharp model (`sharp` draws) or, when None, v1's
     population probabilities."""
-    names = ("gm", "wm", "csf", "dgm", "dgm_iron_ppm", "brain")
+    names = ["gm", "wm", "csf", "dgm", "dgm_iron_ppm", "brain"]
+    if sharp is not None:
+        names += ["parenchyma", "wm_prob", "dgm_prior"]
     full = anatomy.mni_template_1mm()
-    sampled = {name: anatomy.sample(full, name, coords) for name in names}
-    template.volumes["vein"] = veins  # sampled like the others, then dropped
-    try:
-        vein = anatomy.sample(template, "vein", coords)
-    finally:
-        del template.volumes["vein"]
+    sampled = anatomy.sample(full, names, coords)
+    vein = anatomy.sample(anatomy.Template(template.affine, {"vein": veins}), ["vein"],
+                          coords)["vein"]
     if sharp is None:
         brain = sampled["brain"]
         frac = {"wm": sampled["wm"], "cgm": sampled["gm"], "dgm": sampled["dgm"],
                 "csf": sampled["csf"]}
     else:
-        for name in ("parenchyma", "wm_prob", "dgm_prior"):
-            sampled[name] = anatomy.sample(full, name, coords)
         sampled["depth_mm"] = anatomy.depth_at(coords)
-        world = np.stack(anatomy._world_coords(coords.shape[1:], affine))
+        world = anatomy.world_axes(coords.shape[1:], affine)
         spacing = [abs(float(affine[i, i])) for i in range(3)]
         frac = anatomy.sharp_fractions(sharp, sampled, world, spacing)
         brain = frac.pop("brain")
@@ -513,7 +509,8 @@ def mt_factors(protocol, fields):
     for name, f in fields.items():
         if f["where"].size:
             fraction = sequences.TYPICAL_BOUND_POOL_FRACTION.get(name, 0.0)
-            out[name] = (np.asarray(sequences.mt_saturation(fraction, w, f["t1_ms"]))
+            out[name] = (_padded_call(functools.partial(sequences.mt_saturation, fraction, w),
+                                      [f["t1_ms"]])
                          if w > 0 and fraction > 0 else np.ones(f["where"].size, np.float32))
     return out
 
@@ -639,8 +636,8 @@ def contrast_image(name, protocol, ctx):
     kernels = None
     if sequence:
         b1_typical = float(np.median(b1[ctx["brain_mask"] > 0]))
-        kernels = echo_kernels(protocol, {n: ctx["params"][n] for n in dense}, b1_typical,
-                               shape[PHASE_ENCODE_AXIS])
+        # Every tissue's kernel (one compiled shape whichever tissues the subject has).
+        kernels = echo_kernels(protocol, ctx["params"], b1_typical, shape[PHASE_ENCODE_AXIS])
     fine = "gibbs" in effects
     fractions = ctx["fine"] if fine else ctx["fractions"]
     return form_image(dense, fractions, kernels, shape, fine=fine)

@@ -214,7 +214,7 @@ def _as_compressed(dictionary, fingerprints):
     return fingerprints.astype(np.float32)
 
 
-def match(dictionary: MRFDictionary, fingerprints, *, chunk: int = 65536) -> dict:
+def match(dictionary: MRFDictionary, fingerprints, *, chunk: int = 4096) -> dict:
     """Match fingerprints to the dictionary.
 
     fingerprints: [..., N] uncompressed or [..., k] already compressed (told apart by the
