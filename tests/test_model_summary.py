@@ -59,7 +59,7 @@ def test_summary_rows_count_params_and_flops():
     rows = reports.model_summary_rows(config, ["qsnet", "physics"], 32, 40)
     names = [row[0] for row in rows]
     assert names == ["qsnet", "physics", "discriminator: multiscale_patchgan"]
-    assert rows[0][1] == hand_counted_qsnet_params(config.model, 3, 5) == 50_503
+    assert rows[0][1] == hand_counted_qsnet_params(config.model, 3, 5) == 54_663
     paper = default.get_config("tiny")  # the paper's layers: transposed conv, no MLP path
     paper.model.upsample, paper.model.pointwise_width = "transposed", 0
     paper_rows = reports.model_summary_rows(paper, ["qsnet"], 32, 40)
