@@ -19,7 +19,7 @@ def test_trilinear_equals_map_coordinates_for_every_volume():
     points[:, 0, 0, 1] = (0.0, 0.0, 0.0)
     points[:, 0, 0, 2] = (8.0 + 1e-6, 5.0, 3.0)
     points[:, 0, 0, 3] = (4.0, -1e-6, 3.0)
-    got = resample.trilinear(volumes, points)
+    got = resample.trilinear(resample.stack(volumes), points)
     for volume, values in zip(volumes, got, strict=True):
         expected = ndimage.map_coordinates(volume, points, order=1, mode="constant", cval=0.0)
         assert values.shape == points.shape[1:] and values.dtype == np.float32
@@ -27,20 +27,20 @@ def test_trilinear_equals_map_coordinates_for_every_volume():
     assert got[0][0, 0, 0] == volumes[0][8, 10, 6] and got[0][0, 0, 2] == 0.0
 
 
-def test_trilinear_blocks_and_prebuilt_stack_give_the_same_values(monkeypatch):
+def test_trilinear_in_blocks_gives_the_same_values(monkeypatch):
     rng = np.random.default_rng(1)
     volumes = [rng.random((6, 5, 4)).astype(np.float32) for _ in range(2)]
     points = np.stack([rng.uniform(0, n - 1, 1000) for n in (6, 5, 4)])
     whole = resample.trilinear(resample.stack(volumes), points)
     monkeypatch.setattr(resample, "_BLOCK", 7)  # many blocks, the last one short
-    blocked = resample.trilinear(volumes, points)
+    blocked = resample.trilinear(resample.stack(volumes), points)
     for a, b in zip(whole, blocked, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
-def test_trilinear_rejects_volumes_of_different_shapes():
+def test_stack_rejects_volumes_of_different_shapes():
     with pytest.raises(ValueError, match="one shape"):
-        resample.trilinear([np.zeros((4, 4, 4)), np.zeros((4, 4, 5))], np.zeros((3, 2)))
+        resample.stack([np.zeros((4, 4, 4)), np.zeros((4, 4, 5))])
 
 
 @pytest.mark.parametrize("order,mode", [(1, "nearest"), (3, "nearest"), (1, "constant"),

@@ -135,15 +135,14 @@ def _deep_gray(gm, wm, affine):
     return out
 
 
-def _world_coords(shape, affine, dtype=np.float32):
-    idx = np.indices(shape, dtype=dtype)
-    return [affine[i, 3] + affine[i, i] * idx[i] for i in range(3)]
-
-
 def world_axes(shape, affine, dtype=np.float32):
-    """The world coordinates of an axis-aligned grid, one vector per axis (the same values
-    as `_world_coords`, without the full grids)."""
+    """The world coordinates of an axis-aligned grid, one vector per axis."""
     return [affine[i, 3] + affine[i, i] * np.arange(shape[i], dtype=dtype) for i in range(3)]
+
+
+def _world_coords(shape, affine, dtype=np.float32):
+    """The world coordinates of every voxel of an axis-aligned grid: three full grids."""
+    return np.meshgrid(*world_axes(shape, affine, dtype), indexing="ij")
 
 
 @functools.lru_cache(maxsize=4)
@@ -290,12 +289,18 @@ def _deflate(p, centre, radius_mm):
     return c + d * (r_src / r)
 
 
-def sample(template: Template, names, coords_mm) -> dict:
-    """{name: template volume `name` interpolated (trilinear, 0 outside the template) at
-    world-mm coordinates [3, ...]} for each of `names`, in one pass over the points."""
-    inv = np.linalg.inv(template.affine)
+def interpolate_at_world(table, affine, coords_mm) -> list:
+    """The volumes of `table` (a `resample.stack` on an axis-aligned grid with `affine`)
+    interpolated (trilinear, 0 outside the grid) at world-mm coordinates [3, ...]."""
+    inv = np.linalg.inv(affine)
     idx = [inv[i, i] * coords_mm[i] + inv[i, 3] for i in range(3)]
-    values = resample.trilinear(_stacked(template, tuple(names)), idx)
+    return resample.trilinear(table, idx)
+
+
+def sample(template: Template, names, coords_mm) -> dict:
+    """{name: template volume `name` at world-mm coordinates [3, ...]} for each of `names`,
+    in one pass over the points (`interpolate_at_world`)."""
+    values = interpolate_at_world(_stacked(template, tuple(names)), template.affine, coords_mm)
     return dict(zip(names, values, strict=True))
 
 
@@ -542,9 +547,7 @@ def sharp_fractions(draw: SharpAnatomyDraw, sampled, world_axes_mm, spacing):
 def depth_at(points_mm):
     """Depth below the template brain surface (mm) at template points [3, ...]."""
     affine, depth, _ = _depth_2mm()
-    inv = np.linalg.inv(affine)
-    idx = [inv[i, i] * points_mm[i] + inv[i, 3] for i in range(3)]
-    return resample.trilinear([depth], idx)[0]
+    return interpolate_at_world(resample.stack([depth]), affine, points_mm)[0]
 
 
 def purity(fractions, brain_mask, threshold=0.95):

@@ -36,11 +36,10 @@ def stack(volumes) -> np.ndarray:
     return np.stack([np.asarray(v, np.float32) for v in volumes], axis=-1)
 
 
-def trilinear(volumes, coords) -> list:
-    """Each volume interpolated at voxel coordinates `coords` [3, ...], as
-    `ndimage.map_coordinates(v, coords, order=1, mode="constant", cval=0)` would: float32
-    arrays of the points' shape. `volumes`: a list of same-shape volumes, or their `stack`."""
-    table = volumes if isinstance(volumes, np.ndarray) and volumes.ndim == 4 else stack(volumes)
+def trilinear(table, coords) -> list:
+    """Each volume of `table` (a `stack`) interpolated at voxel coordinates `coords`
+    [3, ...], as `ndimage.map_coordinates(v, coords, order=1, mode="constant", cval=0)`
+    would: float32 arrays of the points' shape, one per volume."""
     shape = table.shape[:3]
     table = table.reshape(-1, table.shape[3])
     points = [np.asarray(c).ravel() for c in coords]

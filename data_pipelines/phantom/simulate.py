@@ -291,8 +291,7 @@ def tissue_model(coords, affine, template, veins, sharp):
         names += ["parenchyma", "wm_prob", "dgm_prior"]
     full = anatomy.mni_template_1mm()
     sampled = anatomy.sample(full, names, coords)
-    vein = anatomy.sample(anatomy.Template(template.affine, {"vein": veins}), ["vein"],
-                          coords)["vein"]
+    vein = anatomy.interpolate_at_world(resample.stack([veins]), template.affine, coords)[0]
     if sharp is None:
         brain = sampled["brain"]
         frac = {"wm": sampled["wm"], "cgm": sampled["gm"], "dgm": sampled["dgm"],
