@@ -340,6 +340,19 @@ def training_indices(view: SplitView, min_brain_fraction, process_index, process
     return np.array_split(np.asarray(kept, np.int64), process_count)[process_index]
 
 
+def every_nth_voxel(batches, stride: int):
+    """`batches` with each per-slice array cut to every `stride`-th voxel along both in-plane
+    axes (from voxel 0). For a model without spatial context (the per-voxel MLP) this is a
+    voxel subsample that costs stride**2 less per step; for any other model it is wrong."""
+    if stride < 1:
+        raise ValueError(f"voxel stride must be >= 1, got {stride}")
+    for batch in batches:
+        if stride > 1:
+            batch = {**batch, **{key: batch[key][:, ::stride, ::stride]
+                                 for key in PER_SLICE_KEYS if key in batch}}
+        yield batch
+
+
 def make_train_iterator(cohort_dir, split, data_config, *, batch_size, seed, start_step=0,
                         process_index=None, process_count=None) -> Iterator[dict]:
     """Infinite iterator of training batches (per process); batch i is the same whether the

@@ -4,7 +4,6 @@ values from a NumPy re-computation, and trained without a discriminator."""
 import jax
 import numpy as np
 import pytest
-from flax import traverse_util
 
 from configs import default
 from qsnet_jax import models
@@ -53,17 +52,10 @@ def test_parameter_count_from_the_layer_shapes():
     assert models.count_params(variables) == (15 * 16 + 16) + (16 * 5 + 5)
 
 
-def test_values_equal_a_numpy_mlp_on_each_voxel():
+def test_values_equal_a_numpy_mlp_on_each_voxel(numpy_mlp):
     module, variables, x = build_and_init(pervoxel_width=8, pervoxel_layers=2)
-    flat = traverse_util.flatten_dict(variables["params"], sep="/")
-    h = x.reshape(-1, x.shape[-1]).astype(np.float64)
-    for name in ("hidden_0", "hidden_1"):
-        kernel = np.asarray(flat[f"{name}/kernel"], np.float64)[0, 0]  # [1, 1, in, out]
-        h = h @ kernel + np.asarray(flat[f"{name}/bias"], np.float64)
-        h = h / (1.0 + np.exp(-h))  # silu
-    logits = h @ np.asarray(flat["head/kernel"], np.float64)[0, 0] + np.asarray(
-        flat["head/bias"], np.float64)
-    expected = (1.0 / (1.0 + np.exp(-logits))).reshape(x.shape[:3] + (len(TARGETS),))
+    logits = numpy_mlp(variables["params"], x)
+    expected = 1.0 / (1.0 + np.exp(-logits))
     got = np.asarray(module.apply(variables, x).prediction)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 

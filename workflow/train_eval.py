@@ -38,6 +38,7 @@ from workflow.errors import UserError
 STAGE_DONE = "done.json"
 MODEL_SUMMARY = "model_summary.json"
 PHYSICS = "physics"
+PREFIT_STAGE = "prefit"
 TRAINING_CURVES = "training_curves.png"
 
 
@@ -63,6 +64,11 @@ def validate_config(config: ml_collections.ConfigDict):
                   "checkpoint_every_steps"):
         if int(config.train[every]) < 1:
             raise UserError(f"config.train.{every} must be >= 1")
+    prefit = config.get("pointwise_prefit", {})
+    if int(prefit.get("steps", 0)) < 0:
+        raise UserError("config.pointwise_prefit.steps must be >= 0 (0 = no pre-fit)")
+    if int(prefit.get("voxel_stride", 1)) < 1:
+        raise UserError("config.pointwise_prefit.voxel_stride must be >= 1")
     if int(config.optim.disc_steps_per_gen_step) < 0:
         raise UserError("config.optim.disc_steps_per_gen_step must be >= 0")
     if not 0.0 <= float(config.optim.ema_decay) < 1.0:
@@ -234,6 +240,14 @@ def write_training_curves(config: ml_collections.ConfigDict, workdir: str):
     io.write_bytes(os.path.join(workdir, TRAINING_CURVES), figures.png_bytes(fig))
 
 
+def mark_done(config: ml_collections.ConfigDict, stage_dir: str, result: loop.StageResult):
+    """Write the stage's done.json (what makes a rerun skip it)."""
+    if is_chief():
+        io.write_json(os.path.join(stage_dir, STAGE_DONE), {
+            "steps": result.steps, "best_score": result.best_score,
+            "best_metric": config.train.best_metric, "last_scores": result.last_scores})
+
+
 def stage_done(stage_dir: str, steps: int) -> bool:
     path = os.path.join(stage_dir, STAGE_DONE)
     if not os.path.exists(path):
@@ -311,7 +325,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, make_parents: bool =
     workdir = prepare_workdir(config, workdir)
     if config.model.name == PHYSICS:
         return _run_physics(config, workdir, cohort_dir)
-    per_process_batch = int(config.train.batch_size) // jax.process_count()
     results = []
     for index, stage in enumerate(config.stages):
         stage_config = config[stage]
@@ -322,36 +335,101 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, make_parents: bool =
             continue
         if index == 0:
             start = check_init_from(config)
-            init_variables = loop.final_generator_variables(start) if start else None
+            init_variables = (loop.final_generator_variables(start) if start
+                              else prefit_pointwise_path(config, workdir, cohort_dir))
         else:
             init_variables = loop.final_generator_variables(
                 os.path.join(workdir, config.stages[index - 1]))
-
-        def train_batches(start_step, split=stage_config.train_split):
-            return input_pipeline.make_train_iterator(
-                cohort_dir, split, config.data, batch_size=per_process_batch,
-                seed=int(config.seed), start_step=start_step)
-
-        try:
-            result = loop.train_stage(
-                config, stage=stage, stage_dir=stage_dir, train_batches=train_batches,
-                validate=make_validator(config, cohort_dir, stage_config.eval_split),
-                init_generator_variables=init_variables,
-                summary_path=os.path.join(workdir, MODEL_SUMMARY))
-        except loop.NonFiniteLossError as error:
-            raise UserError(str(error)) from None
+        result = _train(config, stage, stage_dir, cohort_dir, init_variables,
+                        summary_path=os.path.join(workdir, MODEL_SUMMARY))
         if config.eval.after_each_stage:
             evaluate_stage(config, stage_dir, stage_config.eval_split, cohort_dir,
                            final=index == len(config.stages) - 1)
-        if is_chief():
-            io.write_json(os.path.join(stage_dir, STAGE_DONE), {
-                "steps": result.steps, "best_score": result.best_score,
-                "best_metric": config.train.best_metric, "last_scores": result.last_scores})
+        mark_done(config, stage_dir, result)
         results.append(result)
     if is_chief():
         write_training_curves(config, workdir)
         print_outputs(config, workdir)
     return results
+
+
+def _train(config, stage: str, stage_dir: str, cohort_dir: str, init_variables,
+           summary_path: str | None = None, voxel_stride: int = 1) -> loop.StageResult:
+    """loop.train_stage on config[stage]'s splits of the cohort (resumes when interrupted);
+    `voxel_stride` > 1 trains on every n-th voxel of each slice (per-voxel models only)."""
+    stage_config = config[stage]
+    per_process_batch = int(config.train.batch_size) // jax.process_count()
+
+    def train_batches(start_step):
+        return input_pipeline.every_nth_voxel(input_pipeline.make_train_iterator(
+            cohort_dir, stage_config.train_split, config.data, batch_size=per_process_batch,
+            seed=int(config.seed), start_step=start_step), voxel_stride)
+
+    try:
+        return loop.train_stage(
+            config, stage=stage, stage_dir=stage_dir, train_batches=train_batches,
+            validate=make_validator(config, cohort_dir, stage_config.eval_split),
+            init_generator_variables=init_variables, summary_path=summary_path)
+    except loop.NonFiniteLossError as error:
+        raise UserError(str(error)) from None
+
+
+# ------------------------------------------------------------------ the per-voxel pre-fit
+
+
+def prefit_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
+    """The per-voxel MLP's training config for the pre-fit of config's first stage (one
+    stage, PREFIT_STAGE, on that stage's splits, no adversary), or None when there is none:
+    config.pointwise_prefit.steps = 0, config.init_from set, or no per-voxel path."""
+    prefit = config.get("pointwise_prefit")
+    if prefit is None or int(prefit.steps) <= 0 or config.init_from:
+        return None
+    generator = checkpoints.build_generator_from_config(models, config)
+    if getattr(generator, "pointwise_width", 0) <= 0:
+        return None
+    first = config[config.stages[0]]
+    mlp = config.copy_and_resolve_references()
+    with mlp.unlocked():
+        mlp.model.name = "pervoxel"
+        mlp.model.pervoxel_width = int(config.model.pointwise_width)
+        mlp.model.pervoxel_layers = int(config.model.pointwise_layers)
+        mlp.discriminator.name = "none"
+        mlp.stages = (PREFIT_STAGE,)
+        mlp[PREFIT_STAGE] = ml_collections.ConfigDict({
+            "train_split": first.train_split, "eval_split": first.eval_split,
+            "steps": int(prefit.steps), "learning_rate": float(prefit.learning_rate),
+            "freeze_encoder_steps": 0})
+    return mlp
+
+
+def prefit_pointwise_path(config: ml_collections.ConfigDict, workdir: str,
+                          cohort_dir: str) -> dict | None:
+    """Train the per-voxel MLP into WORKDIR/prefit (once: a finished pre-fit is reused, an
+    interrupted one resumes) and return the first stage's starting generator variables:
+    fresh weights with the per-voxel path set to the MLP and the full-resolution head at
+    zero (models.seed_pointwise_path). None when config has no pre-fit."""
+    mlp_config = prefit_config(config)
+    if mlp_config is None:
+        return None
+    stage_dir = os.path.join(workdir, PREFIT_STAGE)
+    steps = int(mlp_config[PREFIT_STAGE].steps)
+    if stage_done(stage_dir, steps):
+        print(f"[{PREFIT_STAGE}] per-voxel MLP already trained to {steps} steps in "
+              f"{stage_dir}; reused", flush=True)
+    else:
+        print(f"[{PREFIT_STAGE}] training the per-voxel path alone first ({steps} steps, "
+              "config.pointwise_prefit)", flush=True)
+        mark_done(config, stage_dir, _train(
+            mlp_config, PREFIT_STAGE, stage_dir, cohort_dir, None,
+            voxel_stride=int(config.pointwise_prefit.voxel_stride)))
+    mlp_params = loop.final_generator_variables(stage_dir)["params"]
+    generator = checkpoints.build_generator_from_config(models, config)
+    in_channels = np.shape(mlp_params["hidden_0"]["kernel"])[2]
+    side = 2 ** int(config.model.depth)  # the smallest input the U-Net takes unpadded
+    key = jax.random.key(int(config.seed), impl="rbg")  # as the loop's initialization
+    variables = generator.init({"params": key, "dropout": key},
+                               np.zeros((1, side, side, in_channels), np.float32), train=False)
+    return models.seed_pointwise_path(variables, mlp_params)
 
 
 def print_outputs(config, workdir: str) -> None:

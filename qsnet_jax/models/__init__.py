@@ -25,11 +25,12 @@ from qsnet_jax.models.physics_baseline import (
     init_physics_variables,
 )
 from qsnet_jax.models.pix2pix import Pix2PixUNet
-from qsnet_jax.models.qsnet import GeneratorOutput, ResidualUNet
+from qsnet_jax.models.qsnet import GeneratorOutput, ResidualUNet, seed_pointwise_path
 from qsnet_jax.models.summary import count_params, model_summary
 from qsnet_jax.models.swin import SwinUNet
 
 __all__ = ["GENERATORS", "DISCRIMINATORS", "GeneratorOutput", "build_generator",
+           "seed_pointwise_path",
            "build_discriminator", "is_encoder_param", "model_summary", "count_params",
            "fit_physics_scales", "init_physics_variables"]
 

@@ -105,3 +105,37 @@ class ResidualUNet(nn.Module):
             y = y + extra
         # The output non-linearity in float32: sigmoid saturation is imprecise in bfloat16.
         return layers.output_activation_fn(self.output_activation)(y.astype(jnp.float32))
+
+
+POINTWISE_PREFIX = "pointwise_"
+FULL_RESOLUTION_HEAD = "decoder_0_head"
+
+
+def seed_pointwise_path(variables: dict, pervoxel_params: dict) -> dict:
+    """QS-Net / Res-UNet `variables` whose per-voxel path is a trained per-voxel MLP
+    (`PerVoxelMLP` params: hidden_0.., head) and whose full-resolution head is zero.
+
+    The network then starts as that MLP exactly, prediction = act(MLP(x)), and the U-Net
+    learns only what the voxel's own inputs cannot say (the pre-fit of issue 12,
+    `config.pointwise_prefit`). The auxiliary heads and every other weight are kept.
+    ValueError when the network has no per-voxel path or the two MLPs differ in shape.
+    """
+    params = dict(variables["params"])
+    expected = sorted(k[len(POINTWISE_PREFIX):] for k in params
+                      if k.startswith(POINTWISE_PREFIX))
+    if not expected:
+        raise ValueError("the network has no per-voxel path to seed (model.pointwise_width=0)")
+    if sorted(pervoxel_params) != expected:
+        raise ValueError(f"per-voxel MLP layers {sorted(pervoxel_params)} do not match the "
+                         f"network's per-voxel path {expected} (model.pointwise_layers)")
+    for name, layer in pervoxel_params.items():
+        own = params[POINTWISE_PREFIX + name]
+        for leaf, value in layer.items():
+            if tuple(value.shape) != tuple(own[leaf].shape):
+                raise ValueError(f"per-voxel MLP {name}/{leaf} has shape {tuple(value.shape)}, "
+                                 f"the network's per-voxel path {tuple(own[leaf].shape)} "
+                                 "(model.pointwise_width or the input channels differ)")
+        params[POINTWISE_PREFIX + name] = dict(layer)
+    params[FULL_RESOLUTION_HEAD] = {leaf: jnp.zeros_like(value) for leaf, value
+                                    in params[FULL_RESOLUTION_HEAD].items()}
+    return {**variables, "params": params}
