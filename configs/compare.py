@@ -44,6 +44,7 @@ STUDY_SIZE_CHANGES = {
         "optim.warmup_steps": 0, "optim.ema_decay": 0.99,
         # few steps: the quick start's higher learning rates (the same for every variant)
         "pretrain.steps": 200, "finetune.steps": 100,
+        "pointwise_prefit.steps": 200,  # as many as the first stage, as the quick start
         "pretrain.learning_rate": 1e-3, "finetune.learning_rate": 5e-4,
         "train.batch_size": 4, "train.eval_max_subjects": 1,
         "train.log_every_steps": 50, "train.eval_every_steps": 100,
@@ -60,7 +61,7 @@ STUDY_SIZE_CHANGES = {
         "discriminator.base_width": 4, "discriminator.num_layers": 2,
         "discriminator.num_scales": 1,
         "optim.warmup_steps": 0, "optim.ema_decay": 0.5,
-        "pretrain.steps": 1, "finetune.steps": 2,
+        "pretrain.steps": 1, "finetune.steps": 2, "pointwise_prefit.steps": 1,
         "train.batch_size": 2, "train.eval_max_subjects": 1,
         "train.log_every_steps": 1, "train.eval_every_steps": 2,
         "train.image_every_steps": 2, "train.checkpoint_every_steps": 2,
@@ -75,6 +76,7 @@ STUDY_SIZE_CHANGES = {
 # 300 steps), to be checked against the validation curve of a bench run.
 STUDY_SIZE_CHANGES["bench"] = STUDY_SIZE_CHANGES["quick"] | {
     "data.phantom_preset": "bench", "pretrain.steps": 600, "finetune.steps": 300,
+    "pointwise_prefit.steps": 600,
     "train.eval_every_steps": 150, "train.checkpoint_every_steps": 150,
     "train.image_every_steps": 300}
 STUDY_SIZES = ("tiny", "quick", "bench", "paper")
