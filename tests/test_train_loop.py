@@ -175,3 +175,27 @@ def test_kill_and_resume_equals_uninterrupted_run(cohort_dir, tmp_path):
     assert f"resumed from {killed}/pretrain/checkpoints/{latest}" in resumed.stdout
     assert_trees_equal(raw_state(f"{killed}/pretrain/checkpoints/24"),
                        raw_state(f"{reference}/pretrain/checkpoints/24"))
+
+
+
+def test_stages_validate_on_their_validation_split_not_on_the_test_split(cohort_dir, tmp_path,
+                                                                         monkeypatch, capsys):
+    for size in ("tiny", "quick", "paper"):  # the GBM stage never picks on its test split
+        finetune = default.get_config(size).finetune
+        assert finetune.validation_split == "gbm_calib" != finetune.eval_split
+    config = smoke_config(cohort_dir, pretrain__steps=2, pretrain__validation_split="gbm_test")
+    config.stages = ("pretrain",)
+    config.pointwise_prefit.steps = 0
+    validated = []
+    real_validator = train_eval.make_validator
+    monkeypatch.setattr(train_eval, "make_validator", lambda config, root, split: (
+        validated.append(split) or real_validator(config, root, split)))
+    train_eval.run(config, str(tmp_path / "run"))
+    assert validated == ["gbm_test"]  # not the stage's eval split, healthy_test
+    assert os.listdir(tmp_path / "run" / "pretrain" / "checkpoints_best")
+    # a split the cohort lacks (this one has no gbm_calib), or "": no validation, said once
+    capsys.readouterr()
+    assert train_eval.validation_split(config, "finetune", cohort_dir) == ""
+    assert "no subject in the validation split 'gbm_calib'" in capsys.readouterr().out
+    config.finetune.validation_split = ""
+    assert train_eval.validation_split(config, "finetune", cohort_dir) == ""

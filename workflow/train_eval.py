@@ -172,6 +172,21 @@ def configure_runtime(config: ml_collections.ConfigDict):
 # ------------------------------------------------------------------ validation in training
 
 
+def validation_split(config: ml_collections.ConfigDict, stage: str, cohort_dir: str) -> str:
+    """config[stage].validation_split, or "" (no validation during training, the last
+    checkpoint is used) when it is empty or the cohort has no subject in it (said once)."""
+    split = str(config[stage].get("validation_split", ""))
+    if not split:
+        return ""
+    present = {record.split for record in cohorts.read_records(cohort_dir)}
+    if split not in present:
+        print(f"[{stage}] {cohort_dir} has no subject in the validation split {split!r} "
+              f"(config.{stage}.validation_split; splits: {sorted(present)}): no validation "
+              "during training, the last checkpoint is used", flush=True)
+        return ""
+    return split
+
+
 def make_validator(config: ml_collections.ConfigDict, cohort_dir: str, split: str):
     """validate(predict, step) -> {"<contrast>/<metric>", "mean/<metric>": value} on the first
     config.train.eval_max_subjects subjects of `split` (every process scores all of them, so
@@ -234,9 +249,13 @@ def write_training_curves(config: ml_collections.ConfigDict, workdir: str):
                if os.path.isdir(os.path.join(workdir, stage, "tensorboard"))}
     if not scalars:
         return
+    validated_on = ", ".join(f"{stage} on {config[stage].get('validation_split', '')}"
+                             for stage, tags in scalars.items()
+                             if any(tag.startswith("val/") for tag in tags)) or "none"
     fig = figures.training_curves_figure(
         scalars, contrast_names=tuple(config.data.target_channels),
-        title=f"{config.model.name}: convergence ({os.path.basename(workdir.rstrip('/'))})")
+        title=f"{config.model.name}: convergence ({os.path.basename(workdir.rstrip('/'))}; "
+              f"validated: {validated_on})")
     io.write_bytes(os.path.join(workdir, TRAINING_CURVES), figures.png_bytes(fig))
 
 
@@ -365,10 +384,11 @@ def _train(config, stage: str, stage_dir: str, cohort_dir: str, init_variables,
             cohort_dir, stage_config.train_split, config.data, batch_size=per_process_batch,
             seed=int(config.seed), start_step=start_step), voxel_stride)
 
+    split = validation_split(config, stage, cohort_dir)
     try:
         return loop.train_stage(
             config, stage=stage, stage_dir=stage_dir, train_batches=train_batches,
-            validate=make_validator(config, cohort_dir, stage_config.eval_split),
+            validate=make_validator(config, cohort_dir, split) if split else None,
             init_generator_variables=init_variables, summary_path=summary_path)
     except loop.NonFiniteLossError as error:
         raise UserError(str(error)) from None
@@ -397,6 +417,7 @@ def prefit_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
         mlp.stages = (PREFIT_STAGE,)
         mlp[PREFIT_STAGE] = ml_collections.ConfigDict({
             "train_split": first.train_split, "eval_split": first.eval_split,
+            "validation_split": first.get("validation_split", ""),
             "steps": int(prefit.steps), "learning_rate": float(prefit.learning_rate),
             "freeze_encoder_steps": 0})
     return mlp
