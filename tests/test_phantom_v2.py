@@ -58,6 +58,18 @@ def test_truncated_kspace_matches_numpy_reference_and_rings_9_percent():
     assert max(overshoots) == pytest.approx(gibbs, abs=0.015)
 
 
+@pytest.mark.parametrize("n, size, axis", [(128, 64, 1), (97, 33, 1), (11, 4, 0), (9, 9, 2)])
+def test_centre_crop_is_fftshift_then_the_central_frequencies(n, size, axis):
+    shape = [3, 4, 5]
+    shape[axis] = n
+    rng = np.random.default_rng(0)
+    spectrum = rng.normal(size=shape) + 1j * rng.normal(size=shape)
+    start = n // 2 - size // 2
+    reference = np.take(np.fft.fftshift(spectrum, axes=axis), np.arange(start, start + size),
+                        axis=axis)
+    np.testing.assert_array_equal(simulate._centre_crop(spectrum, size, axis), reference)
+
+
 # ------------------------------------------------------------------ anatomy
 
 
@@ -228,3 +240,17 @@ def _exit_code(cli, tmp_path, argv):
     with pytest.raises(SystemExit) as info:
         cli.main(["--out", str(tmp_path / "c"), "--preset", "tiny"] + argv)
     return info.value.code
+
+
+def test_build_workers_start_with_one_blas_thread_each_and_the_users_settings_win(
+        monkeypatch):
+    # Two workers on this machine's cores share them out; a variable the user set is kept;
+    # the parent's own environment is left as it was.
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "12345")
+    names = ["OPENBLAS_NUM_THREADS", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_"]
+    seen = writer.run_parallel(os.getenv, names, TINY, simulate.model_for(TINY), jobs=2)
+    cores = writer.default_jobs()
+    assert seen == [str(max(1, cores // 2)), str(32 << 20), "12345"]
+    assert "OPENBLAS_NUM_THREADS" not in os.environ
+    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ

@@ -573,10 +573,17 @@ def form_image(per_tissue, fractions, kernels, shape, *, fine: bool):
 
 
 def _centre_crop(spectrum, size, axis):
-    """The `size` central frequencies of an FFT along `axis`, centred (DC at size // 2)."""
-    shifted = np.fft.fftshift(spectrum, axes=axis)
-    start = spectrum.shape[axis] // 2 - size // 2
-    return np.take(shifted, np.arange(start, start + size), axis=axis)
+    """The `size` central frequencies of an FFT along `axis`, centred (DC at size // 2):
+    fftshift then crop, done as two slices of the unshifted spectrum (negative frequencies,
+    then DC and the positive ones), which copies only what is kept."""
+    n = spectrum.shape[axis]
+    negative, positive = size // 2, size - size // 2
+
+    def part(start, stop):
+        index = [slice(None)] * spectrum.ndim
+        index[axis] = slice(start, stop)
+        return spectrum[tuple(index)]
+    return np.concatenate([part(n - negative, n), part(0, positive)], axis=axis)
 
 
 def _subsample_shift(size, fine_size):
