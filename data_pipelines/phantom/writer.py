@@ -152,10 +152,10 @@ _WORKER = {}
 
 # BLAS libraries' thread-count variables (numpy/scipy wheels ship OpenBLAS).
 _BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-# glibc malloc, read at process start: arrays up to 32 MiB come from the heap, which is
-# neither trimmed nor shrunk below 256 MiB of slack.
-_WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20),
-                  "MALLOC_TRIM_THRESHOLD_": str(1 << 31), "MALLOC_TOP_PAD_": str(256 << 20)}
+# glibc malloc, read at process start: every array comes from the heap (no mmap), which is
+# neither trimmed nor grown by less than 256 MiB at a time.
+_WORKER_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 31),
+                  "MALLOC_TOP_PAD_": str(256 << 20)}
 
 
 def worker_environment(jobs: int) -> dict:
@@ -167,9 +167,10 @@ def worker_environment(jobs: int) -> dict:
       and two workers with a 2-thread BLAS each on 2 cores spent ~7% of the build's CPU time
       spinning.
     - glibc malloc keeps freed memory: a subject allocates and frees hundreds of arrays of a
-      few MiB, which glibc by default maps afresh or trims away, and the kernel zero-fills
-      every page again on first touch (a seventh of the build was system time). A worker's
-      memory goes back to the system when it exits.
+      few MiB (at 1 mm, of a few GiB), which glibc by default maps afresh or trims away, and
+      the kernel zero-fills every page again on first touch (a seventh of the quick build
+      and a third of a 1 mm subject's time was system time). A worker's memory goes back to
+      the system when it exits; its peak is unchanged.
     """
     threads = str(max(1, default_jobs() // max(1, jobs)))
     wanted = {name: threads for name in _BLAS_THREAD_VARIABLES} | _WORKER_MALLOC
