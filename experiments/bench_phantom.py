@@ -77,7 +77,7 @@ def main():
     args = parser.parse_args()
     from data_pipelines.phantom import writer
 
-    jobs = args.jobs or writer.default_jobs()
+    jobs = args.jobs or writer.available_cores()
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cpus (shared)", "jobs": jobs}
     if not args.skip_quick:
         result.update(bench_quick(jobs))

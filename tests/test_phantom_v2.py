@@ -250,7 +250,26 @@ def test_build_workers_start_with_one_blas_thread_each_and_the_users_settings_wi
     monkeypatch.setenv("MALLOC_TOP_PAD_", "12345")
     names = ["OPENBLAS_NUM_THREADS", "MALLOC_MMAP_MAX_", "MALLOC_TOP_PAD_"]
     seen = writer.run_parallel(os.getenv, names, TINY, simulate.model_for(TINY), jobs=2)
-    cores = writer.default_jobs()
+    cores = writer.available_cores()
     assert seen == [str(max(1, cores // 2)), "0", "12345"]
     assert "OPENBLAS_NUM_THREADS" not in os.environ
     assert "MALLOC_MMAP_MAX_" not in os.environ
+
+
+def test_default_jobs_fit_the_available_memory(monkeypatch):
+    # The per-worker budget covers the peaks measured (max RSS: 2.7 GiB quick, 6.7 GiB at
+    # 1 mm); a 32-core, 64 GiB workstation builds the paper preset with 8 workers, not 32;
+    # without /proc/meminfo every core is used.
+    gib = 2**30
+    paper, quick = presets.PRESETS["paper"], presets.PRESETS["quick"]
+    assert 6.7 * gib <= writer.worker_memory_bytes(paper) <= 9 * gib
+    assert 2.7 * gib <= writer.worker_memory_bytes(quick) <= 4 * gib
+    monkeypatch.setattr(writer, "available_cores", lambda: 32)
+    monkeypatch.setattr(writer, "available_memory_bytes", lambda: 64 * gib)
+    assert writer.default_jobs(paper) == 8
+    assert writer.default_jobs(quick) == 23
+    assert writer.default_jobs() == 32
+    monkeypatch.setattr(writer, "available_memory_bytes", lambda: 3 * gib)
+    assert writer.default_jobs(paper) == 1
+    monkeypatch.setattr(writer, "available_memory_bytes", lambda: None)
+    assert writer.default_jobs(paper) == 32

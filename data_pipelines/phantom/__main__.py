@@ -34,8 +34,8 @@ def parse_args(argv):
                         help="site-A GBM subjects (50/50 train/test)")
     parser.add_argument("--site", default=None, help="scan every subject at this site (A|B)")
     parser.add_argument("--jobs", type=int, default=None,
-                        help="worker processes (default: every core); the files do not "
-                             "depend on it")
+                        help="worker processes (default: every core, as many as the "
+                             "available memory holds); the files do not depend on it")
     parser.add_argument("--subjects", default=None,
                         help="build only these subjects of the preset (comma-separated ids)")
     parser.add_argument("--without", default=None,

@@ -172,7 +172,7 @@ def worker_environment(jobs: int) -> dict:
       and a third of a 1 mm subject's time was system time). A worker's memory goes back to
       the system when it exits; its peak is unchanged.
     """
-    threads = str(max(1, default_jobs() // max(1, jobs)))
+    threads = str(max(1, available_cores() // max(1, jobs)))
     wanted = {name: threads for name in _BLAS_THREAD_VARIABLES} | _WORKER_MALLOC
     return {name: value for name, value in wanted.items() if name not in os.environ}
 
@@ -205,7 +205,7 @@ def run_parallel(fn, items, preset, model, jobs=None, *, lazy=False):
     """fn(item) for every item, in order, in `jobs` spawned worker processes that hold the
     preset and the MRF model (module global _WORKER); jobs 1 runs in this process. With
     `lazy`, a generator (results as they come, in order)."""
-    jobs = max(1, min(int(jobs or default_jobs()), len(items)))
+    jobs = max(1, min(int(jobs or default_jobs(preset)), len(items)))
     _WORKER.update(preset=preset, model=model)
     if jobs == 1:
         results = map(fn, items)
@@ -223,9 +223,54 @@ def run_parallel(fn, items, preset, model, jobs=None, *, lazy=False):
     return generate() if lazy else list(generate())
 
 
-def default_jobs() -> int:
+def available_cores() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                else os.cpu_count() or 1)
+
+
+# Peak memory of one build worker: measured (max RSS) at 2.7 GiB on the quick preset and
+# 6.7 GiB on the paper one, and modelled, on the generous side, as a fixed part (the 1 mm
+# template, JAX, the MRF model) plus a part per acquisition voxel (the anatomy and k-space
+# grids are finer than the acquisition), with at most X slices.
+_WORKER_FIXED_BYTES = 2 << 30
+_WORKER_BYTES_PER_VOXEL = 768
+
+
+def worker_memory_bytes(preset: Preset) -> int:
+    x, y = preset.in_plane
+    return _WORKER_FIXED_BYTES + _WORKER_BYTES_PER_VOXEL * x * y * x
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def default_jobs(preset: Preset | None = None) -> int:
+    """Every core, but no more workers than the available memory holds for `preset` (a
+    1 mm worker peaks near 7 GiB: a 32-core workstation with 64 GiB gets 8, not 32)."""
+    cores = available_cores()
+    memory = available_memory_bytes() if preset is not None else None
+    if memory is None:
+        return cores
+    return max(1, min(cores, memory // worker_memory_bytes(preset)))
+
+
+def _memory_note(preset, asked, jobs, num_subjects) -> str:
+    """Why the default build uses fewer workers than cores, if it does."""
+    cores = available_cores()
+    if asked or jobs >= min(cores, num_subjects):
+        return ""
+    return (f" (not {min(cores, num_subjects)}: a {preset.voxel_mm} mm worker needs about "
+            f"{worker_memory_bytes(preset) / 2**30:.1f} GiB and "
+            f"{(available_memory_bytes() or 0) / 2**30:.1f} GiB are available; --jobs overrides)")
 
 
 def build_into(root: str, preset: Preset, seed: int, *, jobs=None, subjects=None,
@@ -234,14 +279,16 @@ def build_into(root: str, preset: Preset, seed: int, *, jobs=None, subjects=None
     (empty) folder. Returns {subject: seconds} (each subject's own build time)."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     specs = select_specs(preset, seed, subjects)
-    jobs = max(1, min(int(jobs or default_jobs()), len(specs)))
+    chosen_jobs = jobs
+    jobs = max(1, min(int(jobs or default_jobs(preset)), len(specs)))
     start = time.perf_counter()
     model = simulate.model_for(preset)
     write_basis(root, model, preset)
     log(f"phantom {preset.name} ({COHORT_FORMAT}): MRF dictionary of "
         f"{model.dictionary.num_entries} entries x {preset.num_trs} shots ready in "
         f"{time.perf_counter() - start:.1f} s; {len(specs)} subjects at {preset.voxel_mm} mm, "
-        f"{jobs} job(s); effects: {', '.join(sorted(preset.effects)) or 'none'}")
+        f"{jobs} job(s){_memory_note(preset, chosen_jobs, jobs, len(specs))}; "
+        f"effects: {', '.join(sorted(preset.effects)) or 'none'}")
     rows, seconds = [], {}
     results = run_parallel(_build_one, [(root, spec) for spec in specs], preset, model, jobs,
                            lazy=True)
