@@ -23,8 +23,8 @@ own, since a study trains many variants: `tiny` is smaller than configs/default.
 (1 + 2 steps), `quick` shallower and shorter than the quick start (depth 3, 200 + 100 steps),
 `bench` the quick networks trained 600 + 300 steps on the bench phantom (10 GBM test subjects
 per site: raw Wilcoxon p down to 0.002, Holm-adjusted down to 0.0195 over 10 comparisons;
-QS-Net, the per-voxel MLP and the physics baseline took 22 min on a 2-core CPU, QS-Net 13.5 of
-them; the GAN baselines are not timed yet), `paper` (no argument) the paper's sizes.
+the six variants took 51 min on a 2-core CPU, QS-Net 13.5 of them; README, Studies),
+`paper` (no argument) the paper's sizes.
 Several training seeds: --config.study.seeds="(0,1,2)" (workflow.studies).
 """
 
@@ -73,8 +73,8 @@ STUDY_SIZE_CHANGES = {
 
 
 # `bench` (issue 17): the quick sizes on the bench phantom (10 GBM test subjects at each
-# site, 6 calibration subjects), trained three times as long. Its first run (README,
-# Studies: qsnet, pervoxel, physics) flattened T1w, T2w and T1-FLAIR by step 450 of
+# site, 6 calibration subjects), trained three times as long. In its first run (README,
+# Studies) QS-Net's validation flattened T1w, T2w and T1-FLAIR by step 450 of
 # pre-training; T2-FLAIR and SWI still fell at 600, so longer pre-training is the next
 # thing to measure.
 STUDY_SIZE_CHANGES["bench"] = STUDY_SIZE_CHANGES["quick"] | {
