@@ -19,6 +19,8 @@ Three parts, all arrays in and arrays out:
    without ties. Voxels of one subject are not exchangeable with each other, so the
    guarantee is exact over voxels drawn with their subjects; with few calibration subjects
    the realized coverage of a test set varies around the level by subject-to-subject shift.
+   ``held_out_coverage`` measures that scatter on the calibration subjects themselves: each
+   one's coverage when the others calibrate (leave one subject out).
 3. Scores of intervals in a region (``interval_scores``): empirical coverage, mean interval
    width (upper - lower = 2 q sigma, normalized units) and the Spearman rank correlation of
    width with |error| (does the width say where the errors are?).
@@ -97,22 +99,61 @@ def nonconformity_scores(prediction, target, scale, mask) -> np.ndarray:
 
 def calibrate(predictions: Sequence, targets: Sequence, scales: Sequence, masks: Sequence, *,
               level: float = DEFAULT_LEVEL,
-              channel_names: Sequence[str] | None = None) -> dict:
+              channel_names: Sequence[str] | None = None,
+              subject_names: Sequence[str] | None = None) -> dict:
     """Conformal quantiles from calibration subjects (lists of volumes ``[X, Y, Z, C]``).
 
     The scores of all masks' voxels of all subjects are pooled per contrast. Returns
-    ``{"level", "quantiles": {contrast: q}, "num_subjects", "num_voxels"}``.
+    ``{"level", "quantiles": {contrast: q}, "num_subjects", "num_voxels"}``, plus
+    ``"held_out_coverage"`` (``held_out_coverage``) from two subjects on.
     """
     if not (len(predictions) == len(targets) == len(scales) == len(masks)) or not predictions:
         raise ValueError("calibrate needs equally many (>= 1) predictions, targets, scales, "
                          "masks")
-    pooled = np.concatenate([nonconformity_scores(p, t, s, m) for p, t, s, m
-                             in zip(predictions, targets, scales, masks, strict=True)])
+    per_subject = [nonconformity_scores(p, t, s, m) for p, t, s, m
+                   in zip(predictions, targets, scales, masks, strict=True)]
+    pooled = np.concatenate(per_subject)
     names = _names(channel_names, pooled.shape[1])
-    return {"level": float(level),
-            "quantiles": {name: conformal_quantile(pooled[:, c], level)
-                          for c, name in enumerate(names)},
-            "num_subjects": len(predictions), "num_voxels": int(pooled.shape[0])}
+    result = {"level": float(level),
+              "quantiles": {name: conformal_quantile(pooled[:, c], level)
+                            for c, name in enumerate(names)},
+              "num_subjects": len(predictions), "num_voxels": int(pooled.shape[0])}
+    if len(per_subject) >= 2:
+        result["held_out_coverage"] = held_out_coverage(per_subject, level=level,
+                                                        channel_names=names,
+                                                        subject_names=subject_names)
+    return result
+
+
+def held_out_coverage(subject_scores: Sequence, *, level: float = DEFAULT_LEVEL,
+                      channel_names: Sequence[str] | None = None,
+                      subject_names: Sequence[str] | None = None) -> dict:
+    """Each calibration subject's coverage when the *other* subjects calibrate the interval
+    (leave one subject out), per contrast: ``{contrast: {"per_subject": [...], "mean", "min",
+    "max"}}``; ``per_subject`` follows ``subject_names`` when given (a dict then).
+
+    Why: the conformal guarantee is over voxels drawn with their subjects, so one subject's
+    (or a small test set's) coverage scatters around the level by subject-to-subject shift.
+    This spread, measured on the calibration subjects themselves, is the scatter a user should
+    expect for a new subject. ``subject_scores``: one ``[n_voxels, C]`` array per subject
+    (``nonconformity_scores``).
+    """
+    scores = [np.asarray(s, dtype=np.float64) for s in subject_scores]
+    if len(scores) < 2:
+        raise ValueError("leave-one-subject-out coverage needs at least 2 subjects")
+    names = _names(channel_names, scores[0].shape[1])
+    result = {}
+    for c, name in enumerate(names):
+        coverages = []
+        for held_out in range(len(scores)):
+            others = np.concatenate([s[:, c] for i, s in enumerate(scores) if i != held_out])
+            q = conformal_quantile(others, level)
+            coverages.append(float(np.mean(scores[held_out][:, c] <= q)))
+        per_subject = (dict(zip(subject_names, coverages, strict=True))
+                       if subject_names is not None else coverages)
+        result[name] = {"per_subject": per_subject, "mean": float(np.mean(coverages)),
+                        "min": float(np.min(coverages)), "max": float(np.max(coverages))}
+    return result
 
 
 def half_width(scale, quantiles: Mapping[str, float], channel_names: Sequence[str]):

@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import optimize, stats
 
 from qsnet_jax import uncertainty
 
@@ -82,6 +82,45 @@ def test_calibrated_intervals_reach_nominal_coverage_and_heteroscedastic_is_narr
     # at equal coverage, the heteroscedastic scale gives clearly narrower intervals
     # (closed form: 2 * 1.645 * E[sigma] = 0.087 vs 2 * 0.060 for the constant, contrast a)
     assert np.all(results["oracle"][1] < 0.8 * results["constant"][1])
+
+
+def test_leave_one_subject_out_coverage_matches_the_gaussian_closed_form():
+    """Subjects whose errors are |N(0, s_i^2)| with a subject-level scale s_i (the
+    subject-to-subject shift of a real cohort). Held-out subject i is calibrated by the
+    others: q_i solves mean_{j != i} P(s_j |Z| <= q) = level, so its coverage is
+    2 Phi(q_i / s_i) - 1, from scipy's normal law, not from the code under test."""
+    rng = np.random.default_rng(7)
+    subject_scales = (1.0, 1.5, 2.0, 3.0)
+    n = 100_000
+    shape = (n, 1, 1)
+    preds, targets, scales, masks = [], [], [], []
+    for s in subject_scales:
+        pred = np.zeros(shape + (1,), np.float32)
+        preds.append(pred)
+        targets.append(pred + s * rng.normal(size=pred.shape))
+        scales.append(np.ones_like(pred))
+        masks.append(np.ones(shape, bool))
+    level = 0.9
+    result = uncertainty.calibrate(preds, targets, scales, masks, level=level,
+                                   channel_names=["t2flair"],
+                                   subject_names=["a", "b", "c", "d"])
+    held_out = result["held_out_coverage"]["t2flair"]
+    expected = {}
+    for i, name in enumerate("abcd"):
+        others = [s for j, s in enumerate(subject_scales) if j != i]
+        q = optimize.brentq(lambda q, o=others: np.mean(
+            [2 * stats.norm.cdf(q / s) - 1 for s in o]) - level, 1e-6, 100.0)
+        expected[name] = 2 * stats.norm.cdf(q / subject_scales[i]) - 1
+    for name in "abcd":
+        assert held_out["per_subject"][name] == pytest.approx(expected[name], abs=0.005)
+    # the scatter is real: the calmest subject over-covers, the noisiest under-covers
+    assert expected["a"] > 0.97 and expected["d"] < 0.8
+    assert held_out["min"] == min(held_out["per_subject"].values())
+    assert held_out["max"] == max(held_out["per_subject"].values())
+    assert held_out["mean"] == pytest.approx(np.mean(list(expected.values())), abs=0.005)
+    # one subject cannot be held out against anything
+    single = uncertainty.calibrate(preds[:1], targets[:1], scales[:1], masks[:1], level=level)
+    assert "held_out_coverage" not in single
 
 
 def test_interval_scores_equal_a_numpy_recomputation():
@@ -311,6 +350,11 @@ def test_evaluate_and_synthesize_carry_calibrated_intervals(tmp_path):
         "dice_necrosis", "dice_edema", "dice_enhancing", "dice_whole_tumor"}
     report = (stage_dir / "eval" / "gbm_test" / "report.md").read_text()
     assert "## Uncertainty" in report and "coverage tumor" in report
+    # the two calibration subjects, each calibrated by the other, travel to the report
+    held_out = unc_record["held_out_coverage"]["t2w"]
+    assert set(held_out["per_subject"]) == {"s2", "s3"}
+    assert held_out == calibration["held_out_coverage"]["t2w"]
+    assert "leave one subject out" in report and f"{held_out['min']:.2f}" in report
     assert "## Downstream tumor segmentation (BraSyn)" in report
 
     # synthesize writes the half-widths; the coverage evaluate reported is the fraction of

@@ -159,6 +159,7 @@ def uncertainty_record(model, per_subject, timing) -> dict:
     return {"method": model.method, "level": model.level, "quantiles": model.quantiles,
             "calibration_split": model.meta.get("calibration_split"),
             "calibration_subjects": model.meta.get("calibration_subjects"),
+            "held_out_coverage": model.meta.get("held_out_coverage"),
             "per_subject": per_subject, "summary": evaluation.aggregate(per_subject),
             "pooled_coverage": unc.pooled_coverage(per_subject),
             "timing": dict(timing, ratio=ratio), "convention": unc.CONVENTION}

@@ -80,6 +80,13 @@ def uncertainty_section(records: Mapping[str, Mapping]) -> list[str]:
             if values:
                 lines.append(f"  - coverage pooled over all voxels of all subjects, "
                              f"{region.strip('_') or 'brain'}: {', '.join(values)}")
+        held_out = record.get("held_out_coverage") or {}
+        if held_out:
+            spread = ", ".join(f"{evaluation.contrast_title(c)} {e['min']:.2f}–{e['max']:.2f} "
+                               f"(mean {e['mean']:.3f})" for c, e in held_out.items())
+            lines.append("  - the scatter to expect for one subject: brain coverage of each "
+                         "calibration subject calibrated by the others (leave one subject "
+                         f"out), min–max: {spread}")
     lines.append("")
     if with_scores:
         summaries = {name: r["summary"] for name, r in with_scores.items()}

@@ -203,9 +203,10 @@ def fit_uncertainty(config, stage_dir: str, predict_fn: Callable, root: str, *,
                                     subject.brain_mask, batch_size=batch_size,
                                     context_slices=context))
     calibration = unc.calibrate(preds, trues, scales, masks, level=level,
-                                channel_names=targets)
+                                channel_names=targets, subject_names=names)
     meta |= {"level": level, "quantiles": calibration["quantiles"],
              "calibration_subjects": names, "calibration_voxels": calibration["num_voxels"],
+             "held_out_coverage": calibration.get("held_out_coverage"),
              "target_channels": list(targets), "convention": unc.CONVENTION}
     with io.staged_dir(os.path.join(stage_dir, UNCERTAINTY_DIR), if_exists="replace") as out:
         if state is not None:
