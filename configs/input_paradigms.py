@@ -13,7 +13,7 @@ volume); maps: T1, T2, PD; subspace: `mrf_subspace` (2k channels, normalized by
 qsnet_jax.physics.channels.normalize_subspace). The cohort must have an mrf_subspace column
 and its mrf_basis.npy (`python -m data_pipelines.cohort check DIR` says so).
 
-The argument is the size (configs/compare.py's study sizes: tiny, quick, paper), optionally
+The argument is the size (configs/compare.py's study sizes: tiny, quick, bench, paper), optionally
 followed by ",site_b" to score on the external cohort scanned at site B (split
 external_test) instead of the GBM test split (gbm_test):
 
@@ -23,6 +23,10 @@ external_test) instead of the GBM test split (gbm_test):
       --workdir=runs/input_paradigms_quick_site_b
   python -m experiments.compare --config=configs/input_paradigms.py:tiny \
       --workdir=/tmp/input_paradigms_tiny
+
+At the bench size (10 GBM test subjects at site A, 12 external subjects at site B) the six
+variants took 55 min on a quiet 2-core CPU with `:bench,site_b`; scoring the same trained
+variants at site A with `:bench` took 35 s more (README, Input paradigms).
 
 The variants train identically for both splits: copying the finished variant folders of one
 work dir into the other's reuses them (only the evaluation and WORKDIR/comparison/ are new).
