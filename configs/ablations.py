@@ -5,6 +5,11 @@ inputs without PD; 2.5D input (one neighbouring slice on each side) instead of 2
   python -m experiments.ablate --config=configs/ablations.py           # paper size
   python -m experiments.ablate --config=configs/ablations.py:quick     # runs/ablations_quick
   python -m experiments.ablate --config=configs/ablations.py:tiny --workdir=/tmp/ablations_tiny
+  python -m experiments.ablate --config=configs/ablations.py:bench --workdir=runs/ablations_bench
+
+The bench size (10 GBM test subjects) took 51 min for the five ablated variants on a quiet
+2-core CPU, the full model reused from configs/compare.py:bench's work dir (copy its qsnet
+folder to WORKDIR/full; otherwise 13.5 min more); README, Studies.
 """
 
 import ml_collections
