@@ -38,6 +38,18 @@ def test_trilinear_in_blocks_gives_the_same_values(monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+def test_trilinear_sums_from_zero_as_scipy_does():
+    # A sample exactly on a grid point holding -0.0, among negative neighbours: scipy's sum
+    # starts at +0, and 0 + (-0) is +0; a sum that started from the first corner's product
+    # would keep the sign bit, and the written NIfTI bytes would change.
+    volume = -np.ones((4, 4, 4), np.float32)
+    volume[1, 1, 1] = -0.0
+    point = np.array([[1.0], [1.0], [1.0]])
+    expected = ndimage.map_coordinates(volume, point, order=1, mode="constant", cval=0.0)
+    got = resample.trilinear(resample.stack([volume]), point)[0]
+    assert got[0] == 0.0 and np.signbit(got[0]) == np.signbit(expected[0]) == False  # noqa: E712
+
+
 def test_stack_rejects_volumes_of_different_shapes():
     with pytest.raises(ValueError, match="one shape"):
         resample.stack([np.zeros((4, 4, 4)), np.zeros((4, 4, 5))])

@@ -62,15 +62,26 @@ def _trilinear_block(table, shape, points):
         upper.append(p - i)
     strides = (shape[1] * shape[2], shape[2], 1)
     first = base[0] * strides[0] + base[1] * strides[1] + base[2]
-    total = np.zeros((first.size, table.shape[1]), np.float64)
+    lower = [1.0 - u for u in upper]
+    # The sum runs in scipy's order, corner by corner; np.take into reused buffers (rather
+    # than fancy indexing and fresh temporaries) halves the time, with the same arithmetic.
+    total = np.empty((first.size, table.shape[1]), np.float64)
+    term, index = np.empty_like(total), np.empty_like(first)
+    corner = np.empty(total.shape, table.dtype)
     for dx in (0, 1):
-        wx = upper[0] if dx else 1.0 - upper[0]
+        wx = upper[0] if dx else lower[0]
         for dy in (0, 1):
-            wxy = wx * (upper[1] if dy else 1.0 - upper[1])
+            wxy = wx * (upper[1] if dy else lower[1])
             for dz in (0, 1):
-                weight = wxy * (upper[2] if dz else 1.0 - upper[2])
-                corner = table[first + (dx * strides[0] + dy * strides[1] + dz)]
-                total += weight[:, None] * corner
+                weight = wxy * (upper[2] if dz else lower[2])
+                np.add(first, dx * strides[0] + dy * strides[1] + dz, out=index)
+                np.take(table, index, axis=0, out=corner, mode="clip")  # in range
+                if dx or dy or dz:
+                    np.multiply(weight[:, None], corner, out=term)
+                    total += term
+                else:  # 0 + term, as a zero-initialized sum would (turns -0 into +0)
+                    np.multiply(weight[:, None], corner, out=total)
+                    total += 0.0
     total[~inside] = 0.0
     return total
 
