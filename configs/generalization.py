@@ -8,6 +8,12 @@ Wilcoxon test of quantitative vs qualitative per architecture.
   python -m experiments.compare --config=configs/generalization.py:quick    # 8 trainings
   python -m experiments.compare --config=configs/generalization.py:tiny \
       --workdir=/tmp/generalization_tiny
+  python -m experiments.compare --config=configs/generalization.py:bench \
+      --workdir=runs/generalization_bench
+
+The bench size (12 site-B subjects, 10 with GBM) took 125 min for the 8 variants on a
+2-core AMD EPYC, bench cohort build included, partly beside other work (QS-Net 19-26 min a
+variant, Res-UNet 13, pix2pix 12, Swin-UNet 10-11); README, Generalization at the bench size.
 """
 
 import ml_collections
