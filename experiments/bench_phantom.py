@@ -81,16 +81,17 @@ def bench_paper(rounds: int, jobs: int):
               "subjects": counts, "built": len(chosen),
               "build_wall_seconds_measured": round(build_s, 1),
               "first_subject_per_worker_seconds": [[g, round(t, 1)] for g, t in first]}
-    if not later:  # one round: no steady state; the first subjects stand in for it
+    one_round = not later
+    if one_round:  # no steady state: the first subjects stand in for it
         later = first
         result["note"] = "one round: worker start-up counted in every subject (pessimistic)"
     steady = {g: [t for h, t in later if h == g] for g in counts}
     mean = {g: sum(v) / len(v) for g, v in steady.items() if v}
     # What a worker's first subject costs beyond a later one of its group.
     startup = max(0.0, sum(t - mean.get(g, t) for g, t in first) / len(first))
-    if later is not first:
+    if not one_round:
         result["worker_startup_seconds"] = round(startup, 1)
-    overall = sum(t for _, t in later) / len(later)
+    overall = sum(t for _, t in later) / len(later)  # for a group no later subject had
     result["steady_seconds_per_subject"] = {g: round(v, 1) for g, v in mean.items()}
     total = model_s + startup + sum(mean.get(g, overall) * n for g, n in counts.items()) / jobs
     result["full_cohort_seconds_extrapolated"] = round(total, 1)
