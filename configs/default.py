@@ -46,10 +46,6 @@ SIZE_CHANGES = {
         "model.base_width": 16, "model.depth": 4, "model.blocks_per_level": 1,
         "model.bottleneck_width": 128,
         "discriminator.base_width": 32, "discriminator.num_scales": 2,
-        # At widths 16..128 XLA's own conv weight gradient is the faster one (1.38x per
-        # step, measured on a quiet 2-core CPU; README, Benchmarks): the time it saves buys
-        # more steps in the same budget.
-        "model.conv_weight_grad": "xla", "discriminator.conv_weight_grad": "xla",
         "optim.warmup_steps": 20, "optim.ema_decay": 0.99,
         "pointwise_prefit.steps": 400,
         "pretrain.steps": 400, "pretrain.learning_rate": 1e-3,
@@ -162,7 +158,9 @@ def paper_config() -> ml_collections.ConfigDict:
     # paper's; checkerboard at the quick start's length) | bilinear_conv. nearest_conv won
     # 4 of 5 contrasts at equal steps in the quick start (README, Benchmarks).
     model.upsample = "nearest_conv"
-    model.conv_weight_grad = "per_sample"  # per_sample | xla: conv weight gradient (CPU speed)
+    # conv weight gradient: xla (XLA's own) | per_sample (summed over samples: faster only under
+    # XLA's YNNPACK convolutions, which qsnet_jax.xla_cpu turns off; README, Benchmarks)
+    model.conv_weight_grad = "xla"
     # QS-Net / Res-UNet: a per-voxel MLP of the input added to the output head (hidden width;
     # 0 = none, as in the paper; qsnet_jax/models/qsnet.py). On: in the quick start at equal
     # steps it lowered brain MAE on all five contrasts but T2-FLAIR (README, Results). Three
@@ -191,7 +189,7 @@ def paper_config() -> ml_collections.ConfigDict:
     disc.num_scales = 2
     disc.norm = "instance"
     disc.spectral_norm = False
-    disc.conv_weight_grad = "per_sample"  # per_sample | xla (as model.conv_weight_grad)
+    disc.conv_weight_grad = "xla"  # xla | per_sample (as model.conv_weight_grad)
 
     # ---------------------------------------------------------------- loss
     config.loss = loss = ml_collections.ConfigDict()

@@ -3,9 +3,13 @@ nothing from `data_pipelines`, `workflow` or `experiments` (docs/design.md, "Lay
 
 TensorFlow (used only to feed data, and by clu's metric writers) and XLA's C++ logging are
 quieted here, the one place every project import passes through before TensorFlow can be
-imported. A value the user set is kept.
+imported, and the XLA CPU options of `qsnet_jax.xla_cpu` are set before JAX starts its
+backend. A value the user set is kept.
 """
 
 import os
 
+from qsnet_jax import xla_cpu
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+xla_cpu.apply_default_options()

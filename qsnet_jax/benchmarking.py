@@ -93,7 +93,7 @@ def time_train_step(config: ml_collections.ConfigDict, *, height: int, width: in
         "model": config.model.name,
         "discriminator": config.discriminator.name if discriminator else "none",
         "dtype": config.model.dtype,
-        "conv_weight_grad": config.model.get("conv_weight_grad", "per_sample"),
+        "conv_weight_grad": config.model.get("conv_weight_grad", "xla"),
         "upsample": config.model.get("upsample", "transposed"),
         "slice": [height, width], "batch_size": batch_size, "devices": jax.device_count(),
         "generator_params": summary["params"],

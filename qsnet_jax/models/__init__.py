@@ -55,7 +55,7 @@ def _residual_unet(model_config, *, deep_supervision, target_channels, **_):
         deep_supervision=deep_supervision,
         upsample=layers.check_upsample(model_config.get("upsample", "transposed")),
         conv_weight_grad=layers.check_conv_weight_grad(
-            model_config.get("conv_weight_grad", "per_sample")),
+            model_config.get("conv_weight_grad", "xla")),
         pointwise_width=model_config.get("pointwise_width", 0),
         pointwise_layers=model_config.get("pointwise_layers", 2),
         dtype=layers.compute_dtype(model_config.dtype),
@@ -154,7 +154,7 @@ def build_discriminator(disc_config):
         num_scales=num_scales, norm=disc_config.norm,
         spectral_norm=disc_config.spectral_norm,
         conv_weight_grad=layers.check_conv_weight_grad(
-            disc_config.get("conv_weight_grad", "per_sample")))
+            disc_config.get("conv_weight_grad", "xla")))
 
 
 def is_encoder_param(path) -> bool:

@@ -29,7 +29,7 @@ class PatchGAN(nn.Module):
     num_layers: int = 3
     norm: str = "instance"
     spectral_norm: bool = False
-    conv_weight_grad: str = "per_sample"  # layers.CONV_WEIGHT_GRADS
+    conv_weight_grad: str = "xla"  # layers.CONV_WEIGHT_GRADS
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -63,7 +63,7 @@ class ConditionalDiscriminator(nn.Module):
     num_scales: int = 1
     norm: str = "instance"
     spectral_norm: bool = False
-    conv_weight_grad: str = "per_sample"  # layers.CONV_WEIGHT_GRADS
+    conv_weight_grad: str = "xla"  # layers.CONV_WEIGHT_GRADS
 
     @nn.compact
     def __call__(self, condition, image, train: bool = False) -> list[Any]:

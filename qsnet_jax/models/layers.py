@@ -26,10 +26,9 @@ OUTPUT_ACTIVATIONS = {"sigmoid": nn.sigmoid, "none": lambda x: x, "tanh": jnp.ta
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # GroupNorm uses up to this many groups (Wu & He 2018); fewer when the width is not divisible.
 MAX_GROUPS = 32
-# How a convolution's weight gradient is computed (config.model.conv_weight_grad):
-# "per_sample" sums one XLA weight-gradient convolution per sample (see `conv2d`), "xla" is
-# flax's nn.Conv as is.
-CONV_WEIGHT_GRADS = ("per_sample", "xla")
+# How a convolution's weight gradient is computed (config.model.conv_weight_grad): "xla" is
+# XLA's own, "per_sample" sums one XLA weight-gradient convolution per sample (see `conv2d`).
+CONV_WEIGHT_GRADS = ("xla", "per_sample")
 CONV_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -73,35 +72,58 @@ def _conv(x, kernel, strides, padding):
                                     dimension_numbers=CONV_DIMENSIONS)
 
 
-def conv2d(x, kernel, strides: tuple[int, int], padding):
-    """An NHWC x HWIO convolution whose weight gradient is a sum over samples.
 
-    Forward and input gradient are XLA's own. The weight gradient of a whole batch is one
-    convolution that XLA's CPU backend runs at 5-6 GFLOP/s for 32-64 channels at 192x224
-    (batch 8); the same gradient taken one sample at a time runs 3-5x faster (DESIGN.md
-    section 7; `experiments/bench_train.py` measures the step). Same result up to the order
-    of the summation.
+def conv2d(x, kernel, strides: tuple[int, int], padding, weight_grad: str = "xla"):
+    """An NHWC x HWIO convolution with the gradients XLA's CPU backend computes fastest.
+
+    The forward pass is XLA's own. Two gradients are computed otherwise, with the same result
+    up to the order of the summation (tests/test_fast_paths.py, to 1e-5):
+
+    - weight_grad="per_sample": the weight gradient taken one sample at a time and summed.
+      Under XLA's YNNPACK convolutions it ran 3-5x faster than the batch's one weight-gradient
+      convolution at 32-64 channels; under the Eigen convolutions the project selects
+      (`qsnet_jax.xla_cpu`) the batch's own is faster ("xla", the default since then).
+    - stride 2 on the CPU: the input gradient of a strided convolution is, to XLA, a
+      convolution of a zero-dilated gradient (a slow path: 111 ms against 55 for a 32->64
+      3x3 layer at 192x224, batch 8; 2-4.5x on the discriminator's 4x4 layers). It is
+      computed instead through the same
+      convolution written in space-to-depth form (`space_to_depth_conv`), whose input gradient
+      is a stride-1 convolution.
     """
-    return _per_sample_conv(x, kernel, tuple(strides), _hashable(padding))
+    return _fast_conv(x, kernel, tuple(strides), _hashable(padding),
+                      check_conv_weight_grad(weight_grad))
 
 
 def _hashable(padding):
     return padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _per_sample_conv(x, kernel, strides, padding):
+def strided_input_grad_by_space_to_depth() -> bool:
+    """Whether stride-2 input gradients take the space-to-depth path: on the CPU only (the GPU
+    and TPU backends have their own strided input gradients; tests switch it off to build the
+    plain reference)."""
+    return jax.default_backend() == "cpu"
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _fast_conv(x, kernel, strides, padding, weight_grad):
     return _conv(x, kernel, strides, padding)
 
 
-def _per_sample_conv_fwd(x, kernel, strides, padding):
+def _fast_conv_fwd(x, kernel, strides, padding, weight_grad):
     return _conv(x, kernel, strides, padding), (x, kernel)
 
 
-def _per_sample_conv_bwd(strides, padding, residuals, grad):
+def _fast_conv_bwd(strides, padding, weight_grad, residuals, grad):
     x, kernel = residuals
-    _, input_vjp = jax.vjp(lambda a: _conv(a, kernel, strides, padding), x)
-    (grad_x,) = input_vjp(grad)
+    if strides == (2, 2) and strided_input_grad_by_space_to_depth():
+        forward = lambda a: space_to_depth_conv(a, kernel, padding)
+    else:
+        forward = lambda a: _conv(a, kernel, strides, padding)
+    (grad_x,) = jax.vjp(forward, x)[1](grad)
+    if weight_grad == "xla":
+        (grad_kernel,) = jax.vjp(lambda k: _conv(x, k, strides, padding), kernel)[1](grad)
+        return grad_x, grad_kernel
     grad_kernel = jnp.zeros(kernel.shape, jnp.float32)
     for n in range(x.shape[0]):
         _, kernel_vjp = jax.vjp(lambda k, n=n: _conv(x[n:n + 1], k, strides, padding), kernel)
@@ -109,18 +131,62 @@ def _per_sample_conv_bwd(strides, padding, residuals, grad):
     return grad_x, grad_kernel.astype(kernel.dtype)
 
 
-_per_sample_conv.defvjp(_per_sample_conv_fwd, _per_sample_conv_bwd)
+_fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
 
 
-class PerSampleGradConv(nn.Module):
-    """nn.Conv for NHWC images (same parameters, names, initializers and padding) whose
-    weight gradient is the per-sample sum of `conv2d`."""
+def _explicit_padding(padding, size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """One spatial axis's (before, after) padding, with XLA's rule for "SAME"/"VALID"."""
+    if padding == "VALID":
+        return 0, 0
+    if padding == "SAME":
+        total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+        return total // 2, total - total // 2
+    return tuple(padding)
+
+
+def space_to_depth_conv(x, kernel, padding):
+    """A stride-2 convolution as a stride-1 one: the same output as ``_conv(x, kernel, (2, 2),
+    padding)``.
+
+    Each 2x2 block of the padded input becomes one pixel of 4C channels, and the k x k kernel
+    (zero-padded to an even size 2k') becomes a k' x k' kernel over those 4C channels: the tap
+    ky = 2 qy + a reads block offset qy, phase a. For 4x4 kernels with padding 1 no zero tap is
+    added; for 3x3 kernels 16 taps stand for 9. Only its input gradient is used (`conv2d`).
+    """
+    _, height, width, channels = x.shape
+    kh, kw, _, features = kernel.shape
+    pads = []
+    for axis, (size, k) in enumerate(((height, kh), (width, kw))):
+        before, after = _explicit_padding(padding if isinstance(padding, str) else padding[axis],
+                                          size, k, 2)
+        outputs = (size + before + after - k) // 2 + 1
+        half_kernel = -(-k // 2)
+        pads.append((before, 2 * (outputs + half_kernel - 1) - size - before))
+    (top, bottom), (left, right) = pads
+    # A negative "after" crops input rows that no output reads.
+    x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0),
+                                             (0, 0, 0)))
+    n, ph, pw, _ = x.shape
+    blocks = x.reshape(n, ph // 2, 2, pw // 2, 2, channels).transpose(0, 1, 3, 2, 4, 5)
+    blocks = blocks.reshape(n, ph // 2, pw // 2, 4 * channels)
+    qh, qw = -(-kh // 2), -(-kw // 2)
+    kernel = jnp.pad(kernel, ((0, 2 * qh - kh), (0, 2 * qw - kw), (0, 0), (0, 0)))
+    kernel = kernel.reshape(qh, 2, qw, 2, channels, features).transpose(0, 2, 1, 3, 4, 5)
+    kernel = kernel.reshape(qh, qw, 4 * channels, features)
+    return _conv(blocks, kernel, (1, 1), "VALID")
+
+
+class FastConv(nn.Module):
+    """nn.Conv for NHWC images (same parameters, names, initializers and padding) with the
+    gradients of `conv2d`: the weight gradient `weight_grad`, and a stride-2 input gradient
+    through space-to-depth on the CPU."""
 
     features: int
     kernel_size: tuple[int, int]
     strides: tuple[int, int] = (1, 1)
     padding: Any = "SAME"
     use_bias: bool = True
+    weight_grad: str = "xla"  # see CONV_WEIGHT_GRADS
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -131,16 +197,20 @@ class PerSampleGradConv(nn.Module):
         bias = (self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
                 if self.use_bias else None)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = conv2d(x, kernel, self.strides, self.padding)
+        y = conv2d(x, kernel, self.strides, self.padding, self.weight_grad)
         return y if bias is None else y + bias
 
 
-def make_conv(weight_grad: str, features: int, kernel_size, **kwargs) -> nn.Module:
-    """A convolution layer: flax's nn.Conv ("xla") or PerSampleGradConv ("per_sample"); both
-    have the same parameter tree, so checkpoints move between them."""
-    if check_conv_weight_grad(weight_grad) == "xla":
-        return nn.Conv(features, kernel_size, **kwargs)
-    return PerSampleGradConv(features, tuple(kernel_size), **kwargs)
+def make_conv(weight_grad: str, features: int, kernel_size, strides=(1, 1),
+              **kwargs) -> nn.Module:
+    """A convolution layer: flax's nn.Conv where XLA's own gradients are wanted (weight
+    gradient "xla", stride 1), FastConv otherwise; both have the same parameter tree, so
+    checkpoints move between them."""
+    strides = tuple(strides)
+    if check_conv_weight_grad(weight_grad) == "xla" and strides == (1, 1):
+        return nn.Conv(features, kernel_size, strides=strides, **kwargs)
+    return FastConv(features, tuple(kernel_size), strides=strides, weight_grad=weight_grad,
+                    **kwargs)
 
 
 def normalize(x, kind: str, *, train: bool, dtype: Dtype = jnp.float32, name: str | None = None):
@@ -201,7 +271,7 @@ class ResidualBlock(nn.Module):
     norm: str = "group"
     activation: str = "silu"
     dropout: float = 0.0
-    conv_weight_grad: str = "per_sample"  # see CONV_WEIGHT_GRADS
+    conv_weight_grad: str = "xla"  # see CONV_WEIGHT_GRADS
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -259,7 +329,7 @@ class ResizeConvUpsample2x(nn.Module):
 
     features: int
     method: str = "nearest"
-    conv_weight_grad: str = "per_sample"
+    conv_weight_grad: str = "xla"
     dtype: Dtype = jnp.float32
 
     @nn.compact

@@ -49,7 +49,7 @@ class ResidualUNet(nn.Module):
     output_activation: str = "sigmoid"
     deep_supervision: bool = True
     upsample: str = "transposed"  # layers.UPSAMPLINGS
-    conv_weight_grad: str = "per_sample"  # layers.CONV_WEIGHT_GRADS
+    conv_weight_grad: str = "xla"  # layers.CONV_WEIGHT_GRADS
     pointwise_width: int = 0  # hidden width of the per-voxel path; 0 = none (the paper)
     pointwise_layers: int = 2
     dtype: Any = jnp.float32
