@@ -8,9 +8,9 @@ Run (both stages, QS-Net, on the phantom cohort built into the cache when absent
 A size follows the file name after ':' (ml_collections passes it to get_config):
   paper  (also no size) the paper's network and schedule (20000 + 5000 steps)
   quick  a narrower QS-Net (widths 16..128) on the 2 mm quick phantom, a 400-step per-voxel
-         pre-fit (20 s), then 400 + 200 steps: about 9.5 minutes of training on a 2-core
-         Intel Xeon, 13 with the uncertainty fit, the segmenter and the evaluation (15.5 on
-         an AMD EPYC; the first run builds the quick cohort, about 3 more)
+         pre-fit (20 s), then 400 + 200 steps: about 10 minutes of training on a 2-core
+         AMD EPYC (Zen 4), 14 with the uncertainty fit, the segmenter and the evaluation
+         (the first run builds the quick cohort, about 4 more)
   tiny   the smallest network on the 4 mm tiny phantom, 6 + 6 steps: seconds, results are
          not meaningful (it checks that everything runs)
 A size changes data, widths, steps and logging cadence only; every architecture, loss and
