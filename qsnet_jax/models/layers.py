@@ -86,9 +86,8 @@ def conv2d(x, kernel, strides: tuple[int, int], padding, weight_grad: str = "xla
     - stride 2 on the CPU: the input gradient of a strided convolution is, to XLA, a
       convolution of a zero-dilated gradient (a slow path: 111 ms against 55 for a 32->64
       3x3 layer at 192x224, batch 8; 2-4.5x on the discriminator's 4x4 layers). It is
-      computed instead through the same
-      convolution written in space-to-depth form (`space_to_depth_conv`), whose input gradient
-      is a stride-1 convolution.
+      computed instead through the same convolution written in space-to-depth form
+      (`space_to_depth_conv`), whose input gradient is a stride-1 convolution.
     """
     return _fast_conv(x, kernel, tuple(strides), _hashable(padding),
                       check_conv_weight_grad(weight_grad))
