@@ -3,7 +3,7 @@ PyTorch do with the same network. Prints JSON.
 
   python -m experiments.bench_train --config=configs/resunet.py      # 192x224, batch 8
   python -m experiments.bench_train --config=configs/resunet.py \
-      --variants=default,model.conv_weight_grad=xla --torch_python=/path/venv/bin/python
+      --variants=default,model.conv_weight_grad=per_sample --torch_python=/path/venv/bin/python
   python -m experiments.bench_train --config=configs/resunet.py --torch_slices_per_s=2.17
 
 Each entry of --variants is "default" or config overrides joined by "+" (e.g.

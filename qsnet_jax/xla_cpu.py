@@ -3,7 +3,7 @@
 jaxlib 0.10.2 hands every CPU convolution to YNNPACK (`--xla_cpu_experimental_ynn_fusion_type`
 defaults to individual dots and convolutions). On the convolutions of these networks YNNPACK
 is the slower library: a 3x3 convolution with 32 channels at 192x224, batch 8, ran its forward
-pass at 58 GFLOP/s against 128 for XLA's Eigen convolution, its weight gradient at 39 against
+pass at 58 GFLOP/s against 128 for XLA's Eigen convolution, its weight gradient at 31 against
 72 (2-core AMD EPYC with AVX-512, one process; README "Training step against PyTorch"). The
 project keeps YNNPACK for matrix products and gives convolutions back to Eigen. Same
 mathematics, other rounding.

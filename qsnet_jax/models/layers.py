@@ -72,7 +72,6 @@ def _conv(x, kernel, strides, padding):
                                     dimension_numbers=CONV_DIMENSIONS)
 
 
-
 def conv2d(x, kernel, strides: tuple[int, int], padding, weight_grad: str = "xla"):
     """An NHWC x HWIO convolution with the gradients XLA's CPU backend computes fastest.
 
@@ -133,16 +132,6 @@ def _fast_conv_bwd(strides, padding, weight_grad, residuals, grad):
 _fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
 
 
-def _explicit_padding(padding, size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """One spatial axis's (before, after) padding, with XLA's rule for "SAME"/"VALID"."""
-    if padding == "VALID":
-        return 0, 0
-    if padding == "SAME":
-        total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-        return total // 2, total - total // 2
-    return tuple(padding)
-
-
 def space_to_depth_conv(x, kernel, padding):
     """A stride-2 convolution as a stride-1 one: the same output as ``_conv(x, kernel, (2, 2),
     padding)``.
@@ -154,10 +143,10 @@ def space_to_depth_conv(x, kernel, padding):
     """
     _, height, width, channels = x.shape
     kh, kw, _, features = kernel.shape
+    if isinstance(padding, str):  # XLA's own rule for "SAME" / "VALID"
+        padding = lax.padtype_to_pads((height, width), (kh, kw), (2, 2), padding)
     pads = []
-    for axis, (size, k) in enumerate(((height, kh), (width, kw))):
-        before, after = _explicit_padding(padding if isinstance(padding, str) else padding[axis],
-                                          size, k, 2)
+    for size, k, (before, after) in ((height, kh, padding[0]), (width, kw, padding[1])):
         outputs = (size + before + after - k) // 2 + 1
         half_kernel = -(-k // 2)
         pads.append((before, 2 * (outputs + half_kernel - 1) - size - before))
