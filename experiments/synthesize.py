@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from experiments import cli
 from qsnet_jax.physics.channels import INPUT_CHANNELS
-from workflow import synthesize, uncertainty
+from workflow import rescale, synthesize, uncertainty
 
 
 def build_parser():
@@ -61,7 +61,8 @@ def main(argv: Sequence[str] | None = None, *,
         manifest=args.manifest, subjects=[s for s in args.subjects.split(",") if s],
         convert_seconds=args.convert_seconds, resample=args.resample,
         batch_size=args.batch_size, use_ema=not args.no_ema, overwrite=args.overwrite,
-        model_loader=model_loader, uncertainty_loader=uncertainty.stage_uncertainty)
+        model_loader=model_loader, uncertainty_loader=uncertainty.stage_uncertainty,
+        rescale_loader=rescale.stage_rescale)
     count = sum(len(v) if isinstance(v, dict) else 1 for v in written.values())
     print(f"wrote {count} file(s) into {os.path.abspath(args.out)}", flush=True)
     return written

@@ -247,6 +247,9 @@ def test_evaluate_run_writes_scores_tables_and_figures(tmp_path):
     assert os.listdir(out / "figures") == ["g1.png"]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["num_subjects"] == 2 and sorted(saved["per_subject"]) == ["g1", "g2"]
+    # no training split to fit the volume rescaling on, and none fitted: scored as synthesized
+    assert saved["rescale"]["levels"] is None
+    assert "no gbm_train split" in saved["rescale"]["note"]
     # the scores of g1 recomputed independently (docs/design.md section 4): the model applied
     # to the axial slices here, background zeroed, MAE/PSNR in NumPy, SSIM maps of skimage
     from skimage.metrics import structural_similarity

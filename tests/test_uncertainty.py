@@ -319,7 +319,7 @@ def test_evaluate_and_synthesize_carry_calibrated_intervals(tmp_path):
     from configs import default
     from data_pipelines import cohort as cohort_lib
     from qsnet_jax import inference, models
-    from workflow import evaluate, synthesize
+    from workflow import evaluate, rescale, synthesize
     from workflow import uncertainty as workflow_uncertainty
 
     config = default.get_config("tiny")
@@ -340,6 +340,13 @@ def test_evaluate_and_synthesize_carry_calibrated_intervals(tmp_path):
     assert calibration["calibration_subjects"] == ["s2", "s3"]  # never the test subjects
     assert calibration["fit_splits"] == ["gbm_train"]
     assert calibration["cohort"] == str(root)
+    # the rescaling levels: fitted on the training subjects only, the intervals calibrated on
+    # the synthesis rescaled by them, both recorded
+    fitted = json.loads((stage_dir / "rescale.json").read_text())
+    assert fitted["fit_subjects"] == ["s0", "s1"] and fitted["fit_splits"] == ["gbm_train"]
+    levels, _ = rescale.load_rescale(str(stage_dir), targets)
+    assert calibration["rescale_levels"] == list(levels)
+    assert saved["rescale"]["levels"] == dict(zip(targets, levels, strict=True))
     unc_record = saved["uncertainty"]
     assert unc_record["level"] == 0.9 and unc_record["timing"]["synthesis_s"] > 0
     for key in ("coverage", "coverage_tumor", "coverage_healthy", "width_tumor", "spearman"):
@@ -363,7 +370,8 @@ def test_evaluate_and_synthesize_carry_calibrated_intervals(tmp_path):
     out = tmp_path / "synth"
     paths = synthesize.synthesize_manifest(config, module, variables,
                                            str(root / "manifest.csv"), str(out),
-                                           subjects=["s4"], uncertainty_model=model)
+                                           subjects=["s4"], uncertainty_model=model,
+                                           levels=levels)
     assert sorted(paths["s4"]) == sorted(list(targets) + [f"{t}_uncertainty" for t in targets])
     record = next(r for r in cohort_lib.read_manifest(str(root)) if r.subject == "s4")
     truth = cohort_lib.load_subject(str(root), record, targets)
@@ -371,6 +379,9 @@ def test_evaluate_and_synthesize_carry_calibrated_intervals(tmp_path):
     for name in ("t1w", "swi"):
         synthesized = np.asarray(nib.load(paths["s4"][name]).dataobj)
         half = np.asarray(nib.load(paths["s4"][f"{name}_uncertainty"]).dataobj)
+        # the file is rescaled: its brain 99.5th percentile is the fitted level
+        assert np.percentile(synthesized[brain], 99.5) == pytest.approx(
+            levels[targets.index(name)], rel=1e-4)
         inside = np.abs(synthesized - truth.volumes[name])[brain] <= half[brain]
         assert unc_record["per_subject"]["s4"][name]["coverage"] == pytest.approx(
             inside.mean(), abs=1e-6)
@@ -386,6 +397,14 @@ def test_evaluate_and_synthesize_carry_calibrated_intervals(tmp_path):
     assert refitted.meta["cohort"] == str(other)
     again, _ = workflow_uncertainty.uncertainty_for(config, str(stage_dir), None, str(other))
     assert again.meta["cohort"] == str(other)
+    # the rescaling levels belong to the model: reused on the other cohort (predict_fn=None
+    # would fail if they were fitted again); other levels make the intervals be refitted
+    assert rescale.rescale_for(config, str(stage_dir), None, str(other)) == (levels, "")
+    shifted = tuple(v + 0.01 for v in levels)
+    refitted, _ = workflow_uncertainty.uncertainty_for(
+        config, str(stage_dir), inference.make_predict_fn(module, variables), str(other),
+        levels=shifted)
+    assert refitted.meta["rescale_levels"] == list(shifted) and refitted.levels == shifted
 
 
 def test_a_shared_segmenter_is_reused_only_with_the_same_settings(tmp_path):

@@ -13,8 +13,10 @@ Writes into WORKDIR/<stage>/eval/<split>/ (replacing an earlier evaluation at on
                  half-width per contrast, with a zoom on the lesion, for
                  config.eval.num_figure_subjects subjects
 
-The uncertainty (config.uncertainty) and the segmenter (config.segmentation) are fitted on
-first use (workflow.uncertainty) and reused afterwards.
+The synthesis is rescaled per volume (config.rescale, workflow.rescale: levels fitted on the
+stage's training split) before it is scored. The rescaling levels, the uncertainty
+(config.uncertainty, calibrated on the rescaled synthesis) and the segmenter
+(config.segmentation) are fitted on first use and reused afterwards.
 
 `workflow.train_eval` calls `evaluate_run` after each stage.
 """
@@ -33,7 +35,7 @@ from qsnet_jax import evaluation, figures, inference, io, metrics
 from qsnet_jax import uncertainty as unc
 from qsnet_jax.models import segmenter
 from qsnet_jax.physics.channels import display_planes
-from workflow import cohorts, reports, synthesize, uncertainty
+from workflow import cohorts, reports, rescale, synthesize, uncertainty
 from workflow.errors import UserError
 
 EVAL_DIR = "eval"
@@ -67,8 +69,10 @@ def evaluate_run(config, stage_dir: str, split: str | None = None, *,
     num_figures = int(config.eval.num_figure_subjects)
 
     out_dir = os.path.join(stage_dir, EVAL_DIR, split)
+    levels, rescale_note = rescale.rescale_for(config, stage_dir, predict_fn, root,
+                                               stream=stream)
     unc_model, unc_note = uncertainty.uncertainty_for(config, stage_dir, predict_fn, root,
-                                                      stream=stream)
+                                                      levels=levels, stream=stream)
     segment_fn, seg_meta = None, None
     if uncertainty.enabled(config, "segmentation"):
         segment_fn, seg_meta = uncertainty.fit_or_load_segmenter(
@@ -86,7 +90,7 @@ def evaluate_run(config, stage_dir: str, split: str | None = None, *,
             tick = time.perf_counter()
             prediction = synthesize.synthesize_subject(
                 predict_fn, subject, input_channels=inputs, context_slices=context,
-                batch_size=int(config.eval.batch_size))
+                batch_size=int(config.eval.batch_size), levels=levels)
             timing["synthesis_s"] += time.perf_counter() - tick
             target = synthesize.stack_inputs(subject, targets)
             labels = subject.labels if np.any(subject.labels > 0) else None
@@ -123,6 +127,7 @@ def evaluate_run(config, stage_dir: str, split: str | None = None, *,
         result = {"stage": stage, "split": split, "cohort": root, "model": model_name,
                   "num_subjects": len(per_subject), "std": "sample (ddof = 1)",
                   "convention": evaluation.convention_text(summary),
+                  "rescale": rescale.record(config, levels, rescale_note),
                   "per_subject": per_subject, "summary": summary}
         if unc_model is not None:
             result["uncertainty"] = uncertainty_record(unc_model, unc_per_subject, timing)
@@ -144,7 +149,8 @@ def evaluate_run(config, stage_dir: str, split: str | None = None, *,
         details = [f"work dir `{os.path.dirname(stage_dir)}`, stage `{stage}`, "
                    f"{'EMA' if config.eval.use_ema else 'raw'} weights",
                    f"cohort `{root}`",
-                   f"inputs {', '.join(inputs)}; 2.5D context {context}"]
+                   f"inputs {', '.join(inputs)}; 2.5D context {context}",
+                   rescale.describe(config, levels, rescale_note)]
         io.write_text(os.path.join(staging, "report.md"), reports.evaluation_markdown(
             summary, title=f"Evaluation: {stage} on {split}", split=split,
             num_subjects=len(per_subject), model_name=model_name, details=details,

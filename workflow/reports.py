@@ -18,7 +18,7 @@ import numpy as np
 from qsnet_jax import evaluation, figures, inference, models
 from qsnet_jax.metrics import METRIC_NAMES, REGIONS
 from qsnet_jax.models import segmenter
-from workflow import cohorts, synthesize
+from workflow import cohorts, rescale, synthesize
 
 SCORE_FIELDS = ("subject", "contrast", "region") + METRIC_NAMES
 
@@ -291,6 +291,8 @@ def comparison_figures(runs: Mapping[str, dict], configs: Mapping, cohort_dirs: 
                                                      use_ema=bool(vconfig.eval.use_ema))
         predict_fn = inference.make_predict_fn(module, variables)
         inputs, targets = tuple(vconfig.data.input_channels), tuple(vconfig.data.target_channels)
+        # the levels its evaluation fitted (figures follow the scored synthesis)
+        levels = rescale.stage_rescale(runs[name]["stage_dir"], vconfig)
         for record in records:
             subject = cohorts.load_record(
                 cohort_dirs[name], record, channels=inputs + targets,
@@ -299,7 +301,7 @@ def comparison_figures(runs: Mapping[str, dict], configs: Mapping, cohort_dirs: 
             prediction = synthesize.synthesize_subject(
                 predict_fn, subject, input_channels=inputs,
                 context_slices=int(vconfig.data.context_slices),
-                batch_size=int(vconfig.eval.batch_size))
+                batch_size=int(vconfig.eval.batch_size), levels=levels)
             predictions[record.subject][name] = np.stack(
                 [prediction[..., targets.index(c)] for c in contrasts], -1)
             if record.subject not in truth:

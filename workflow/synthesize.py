@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from data_pipelines import cohort
-from qsnet_jax import inference, io, train
+from qsnet_jax import inference, io, train, volume_rescale
 from qsnet_jax.evaluation import contrast_title
 from qsnet_jax.physics.channels import stack_planes
 from workflow import cohorts
@@ -88,15 +88,16 @@ def stack_inputs(subject_volumes, channels: Sequence[str]) -> np.ndarray:
 
 
 def synthesize_subject(predict_fn: Callable, subject_volumes, *, input_channels,
-                       context_slices: int, batch_size: int) -> np.ndarray:
+                       context_slices: int, batch_size: int, levels=None) -> np.ndarray:
     """Normalized prediction ``[X, Y, Z, C_out]`` (canonical RAS), clipped to [0, 1] and zero
-    outside the brain mask."""
+    outside the brain mask; each contrast rescaled per volume to ``levels``
+    (qsnet_jax.volume_rescale, fitted by workflow.rescale) when they are given."""
     volume = stack_inputs(subject_volumes, input_channels)
     prediction = inference.synthesize_volume(predict_fn, volume, batch_size=batch_size,
                                              context_slices=context_slices)
     prediction = np.clip(prediction, 0.0, 1.0)
-    return np.where(subject_volumes.brain_mask[..., None] > 0, prediction, 0.0).astype(
-        np.float32)
+    prediction = np.where(subject_volumes.brain_mask[..., None] > 0, prediction, 0.0)
+    return volume_rescale.rescale_contrasts(prediction, subject_volumes.brain_mask, levels)
 
 
 def progress(done: int, total: int, started: float, label: str, stream=sys.stderr):
@@ -211,10 +212,11 @@ def synthesize_files(config, module, variables, input_paths: Mapping[str, str],
                      convert_seconds: bool = False, resample: bool = False,
                      batch_size: int | None = None, overwrite: bool = False,
                      predict_fn: Callable | None = None,
-                     uncertainty_model=None) -> dict[str, str]:
+                     uncertainty_model=None, levels=None) -> dict[str, str]:
     """Synthesize one subject from files into ``out_dir`` (missing parents are created);
     returns ``{contrast: path}`` (and ``{contrast}_uncertainty: path`` with an
-    ``uncertainty_model``, a ``workflow.uncertainty.UncertaintyModel``).
+    ``uncertainty_model``, a ``workflow.uncertainty.UncertaintyModel``); ``levels``: the
+    stage's rescaling levels (workflow.rescale), None for none.
 
     ``input_paths``: channel name -> NIfTI path; exactly the model's input channels. The
     reference grid (affine, header, orientation of the outputs) is the first input file.
@@ -228,7 +230,7 @@ def synthesize_files(config, module, variables, input_paths: Mapping[str, str],
         predict_fn = predict_fn or inference.make_predict_fn(module, variables)
         prediction = synthesize_subject(
             predict_fn, subject, input_channels=input_channels, context_slices=context,
-            batch_size=batch_size)
+            batch_size=batch_size, levels=levels)
         _write_subject(prediction, subject, stack_inputs(subject, input_channels), predict_fn,
                        uncertainty_model, target_channels=target_channels,
                        reference_path=input_paths[input_channels[0]], out_dir=staging,
@@ -259,7 +261,7 @@ def synthesize_manifest(config, module, variables, manifest_path: str, out_dir: 
                         batch_size: int | None = None, overwrite: bool = False,
                         subjects: Sequence[str] | None = None,
                         predict_fn: Callable | None = None, uncertainty_model=None,
-                        stream=sys.stderr) -> dict[str, dict[str, str]]:
+                        levels=None, stream=sys.stderr) -> dict[str, dict[str, str]]:
     """Synthesize every subject of a cohort manifest into ``out_dir/<subject>/``.
 
     Every selected subject's files are checked first (``cohort.check_cohort``); a problem
@@ -285,7 +287,7 @@ def synthesize_manifest(config, module, variables, manifest_path: str, out_dir: 
             size = int(batch_size or config.eval.batch_size)
             prediction = synthesize_subject(
                 predict_fn, subject, input_channels=input_channels, context_slices=context,
-                batch_size=size)
+                batch_size=size, levels=levels)
             _write_subject(prediction, subject, stack_inputs(subject, input_channels),
                            predict_fn, uncertainty_model, target_channels=target_channels,
                            reference_path=record.path(root, input_channels[0]),
@@ -303,12 +305,14 @@ def synthesize_command(model_path: str, input_paths: Mapping[str, str], out_dir:
                        convert_seconds: bool = False, resample: bool = False,
                        batch_size: int = 0, use_ema: bool = True, overwrite: bool = False,
                        uncertainty_loader: Callable | None = None,
+                       rescale_loader: Callable | None = None,
                        model_loader: Callable = load_model) -> dict:
     """What `experiments.synthesize` does: check the arguments (before loading anything),
     load the model, synthesize one subject's files or a whole manifest. With
     an ``uncertainty_loader`` (workflow.uncertainty.stage_uncertainty) and a stage whose
     uncertainty is fitted (evaluate fits it), each contrast gets its
-    ``<contrast>_uncertainty.nii.gz``."""
+    ``<contrast>_uncertainty.nii.gz``; with a ``rescale_loader``
+    (workflow.rescale.stage_rescale) the stage's rescaling levels apply."""
     given = {name: path for name, path in input_paths.items() if path}
     if manifest and (given or mask_path):
         raise UserError("--manifest synthesizes a cohort; do not also pass input files")
@@ -326,7 +330,8 @@ def synthesize_command(model_path: str, input_paths: Mapping[str, str], out_dir:
     options = {"convert_seconds": convert_seconds, "resample": resample,
                "batch_size": batch_size or None, "overwrite": overwrite,
                "uncertainty_model": uncertainty_loader(model_path) if uncertainty_loader
-               else None}
+               else None,
+               "levels": rescale_loader(model_path, config) if rescale_loader else None}
     if manifest:
         return synthesize_manifest(config, module, variables, manifest, out_dir,
                                    subjects=subjects, **options)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from qsnet_jax import inference, io
+from qsnet_jax import inference, io, volume_rescale
 from qsnet_jax import uncertainty as unc
 from qsnet_jax.models import segmenter
 from qsnet_jax.train import checkpoints
@@ -83,11 +83,13 @@ class UncertaintyModel:
     target_channels: tuple[str, ...]
     scale_fn: Callable | None = None  # the residual net, for method residual_net
     meta: dict = dataclasses.field(default_factory=dict)
+    levels: tuple[float, ...] | None = None  # the rescaling the calibrated synthesis had
 
     def scale(self, predict_fn, inputs, prediction, brain_mask, *, batch_size: int,
               context_slices: int = 0):
         return compute_scale(self.method, predict_fn, self.scale_fn, inputs, prediction,
-                             brain_mask, batch_size=batch_size, context_slices=context_slices)
+                             brain_mask, batch_size=batch_size, context_slices=context_slices,
+                             levels=self.levels)
 
     def half_width(self, predict_fn, inputs, prediction, brain_mask, *, batch_size: int,
                    context_slices: int = 0):
@@ -98,8 +100,9 @@ class UncertaintyModel:
 
 
 def compute_scale(method: str, predict_fn, scale_fn, inputs, prediction, brain_mask, *,
-                  batch_size: int, context_slices: int = 0) -> np.ndarray:
-    """sigma ``[X, Y, Z, C]`` by ``method`` (residual_net | flip | constant)."""
+                  batch_size: int, context_slices: int = 0, levels=None) -> np.ndarray:
+    """sigma ``[X, Y, Z, C]`` by ``method`` (residual_net | flip | constant); the flipped
+    synthesis is rescaled to ``levels`` like ``prediction`` was."""
     if method == "residual_net":
         return unc.predict_scale(scale_fn, inputs, prediction, brain_mask,
                                  batch_size=batch_size)
@@ -108,14 +111,16 @@ def compute_scale(method: str, predict_fn, scale_fn, inputs, prediction, brain_m
                                               batch_size=batch_size,
                                               context_slices=context_slices)
         flipped = np.clip(flipped[::-1], 0.0, 1.0)
+        flipped = volume_rescale.rescale_contrasts(flipped, brain_mask, levels)
         return unc.flip_spread(prediction, flipped)
     if method == "constant":
         return unc.constant_scale(prediction)
     raise UserError(f"config.uncertainty.method={method!r}: use one of {list(unc.METHODS)}")
 
 
-def _subjects(config, root, split, predict_fn, *, max_subjects: int = 0):
-    """``(record, inputs, target, prediction, subject)`` of each subject of ``split``."""
+def _subjects(config, root, split, predict_fn, *, levels=None, max_subjects: int = 0):
+    """``(record, inputs, target, prediction, subject)`` of each subject of ``split``; the
+    prediction rescaled to ``levels`` (workflow.rescale) when given."""
     inputs, targets, context = synthesize.model_channels(config)
     records = cohorts.split_records(root, split)
     if max_subjects:
@@ -127,22 +132,29 @@ def _subjects(config, root, split, predict_fn, *, max_subjects: int = 0):
             resample=bool(config.data.get("resample", False)))
         prediction = synthesize.synthesize_subject(
             predict_fn, subject, input_channels=inputs, context_slices=context,
-            batch_size=int(config.eval.batch_size))
+            batch_size=int(config.eval.batch_size), levels=levels)
         yield (record, synthesize.stack_inputs(subject, inputs),
                synthesize.stack_inputs(subject, targets), prediction, subject)
+
+
+def stage_train_splits(config, stage: str, chosen, *, key: str) -> tuple[str, ...]:
+    """``chosen`` (the config value named ``key``), or when empty the stage's training
+    split."""
+    splits = tuple(chosen)
+    if splits:
+        return splits
+    stage_config = config.get(stage)
+    if stage_config is None or "train_split" not in stage_config:
+        raise UserError(f"config.{key} is empty and config has no {stage}.train_split to "
+                        "fall back on")
+    return (str(stage_config.train_split),)
 
 
 def fit_splits(config, stage: str) -> tuple[str, ...]:
     """The splits whose residuals teach the scale net: config.uncertainty.fit_splits, or the
     stage's training split."""
-    splits = tuple(section(config, "uncertainty").fit_splits)
-    if splits:
-        return splits
-    stage_config = config.get(stage)
-    if stage_config is None or "train_split" not in stage_config:
-        raise UserError(f"config.uncertainty.fit_splits is empty and config has no "
-                        f"{stage}.train_split to fall back on")
-    return (str(stage_config.train_split),)
+    return stage_train_splits(config, stage, section(config, "uncertainty").fit_splits,
+                              key="uncertainty.fit_splits")
 
 
 def has_split(root: str, split: str) -> bool:
@@ -150,8 +162,9 @@ def has_split(root: str, split: str) -> bool:
 
 
 def fit_uncertainty(config, stage_dir: str, predict_fn: Callable, root: str, *,
-                    stream=sys.stderr) -> UncertaintyModel:
-    """Fit the scale estimate and calibrate it; write STAGE_DIR/uncertainty/ (replacing it)."""
+                    levels=None, stream=sys.stderr) -> UncertaintyModel:
+    """Fit the scale estimate and calibrate it on the synthesis rescaled to ``levels``
+    (workflow.rescale; None: not rescaled); write STAGE_DIR/uncertainty/ (replacing it)."""
     settings = section(config, "uncertainty")
     method = str(settings.method)
     level = float(settings.level)
@@ -166,14 +179,15 @@ def fit_uncertainty(config, stage_dir: str, predict_fn: Callable, root: str, *,
     batch_size = int(config.eval.batch_size)
     context = int(config.data.context_slices)
     meta = {"method": method, "calibration_split": calibration_split,
-            "checkpoint": checkpoint_id(stage_dir), "cohort": os.path.abspath(root)}
+            "checkpoint": checkpoint_id(stage_dir), "cohort": os.path.abspath(root),
+            "rescale_levels": _levels_record(levels)}
     scale_fn, state = None, None
     started = time.time()
     if method == "residual_net":
         pieces = []
         for split in fit_splits(config, stage):
             for _, inputs, target, prediction, subject in _subjects(config, root, split,
-                                                                    predict_fn):
+                                                                    predict_fn, levels=levels):
                 pieces.append(unc.residual_slices(
                     inputs, prediction, target, subject.brain_mask,
                     min_brain_fraction=float(config.data.min_brain_fraction)))
@@ -193,15 +207,15 @@ def fit_uncertainty(config, stage_dir: str, predict_fn: Callable, root: str, *,
     print(f"uncertainty: {method} scale fitted in {time.time() - started:.1f} s", file=stream,
           flush=True)
     preds, trues, scales, masks, names = [], [], [], [], []
-    for record, inputs, target, prediction, subject in _subjects(config, root,
-                                                                 calibration_split, predict_fn):
+    for record, inputs, target, prediction, subject in _subjects(
+            config, root, calibration_split, predict_fn, levels=levels):
         preds.append(prediction)
         trues.append(target)
         masks.append(subject.brain_mask)
         names.append(record.subject)
         scales.append(compute_scale(method, predict_fn, scale_fn, inputs, prediction,
                                     subject.brain_mask, batch_size=batch_size,
-                                    context_slices=context))
+                                    context_slices=context, levels=levels))
     calibration = unc.calibrate(preds, trues, scales, masks, level=level,
                                 channel_names=targets, subject_names=names)
     meta |= {"level": level, "quantiles": calibration["quantiles"],
@@ -213,7 +227,8 @@ def fit_uncertainty(config, stage_dir: str, predict_fn: Callable, root: str, *,
             io.write_bytes(os.path.join(out, SCALE_NET_FILE), state["params"])
         io.write_json(os.path.join(out, CALIBRATION_FILE), meta)
     return UncertaintyModel(method=method, level=level, quantiles=calibration["quantiles"],
-                            target_channels=targets, scale_fn=scale_fn, meta=meta)
+                            target_channels=targets, scale_fn=scale_fn, meta=meta,
+                            levels=levels)
 
 
 def load_uncertainty(stage_dir: str) -> UncertaintyModel | None:
@@ -235,7 +250,8 @@ def load_uncertainty(stage_dir: str) -> UncertaintyModel | None:
         return UncertaintyModel(method=meta["method"], level=float(meta["level"]),
                                 quantiles=quantiles,
                                 target_channels=tuple(meta["target_channels"]),
-                                scale_fn=scale_fn, meta=meta)
+                                scale_fn=scale_fn, meta=meta,
+                                levels=_levels_from_record(meta.get("rescale_levels")))
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"{folder}: unreadable uncertainty model ({error})") from None
 
@@ -255,9 +271,10 @@ def stage_uncertainty(model_path: str):
 
 
 def uncertainty_for(config, stage_dir: str, predict_fn: Callable, root: str, *,
-                    stream=sys.stderr) -> tuple[UncertaintyModel | None, str]:
-    """The stage's uncertainty (fitted on first use when the config asks for it), and a note
-    saying why there is none."""
+                    levels=None, stream=sys.stderr) -> tuple[UncertaintyModel | None, str]:
+    """The stage's uncertainty (fitted on first use when the config asks for it, and again
+    when the synthesis it was calibrated on was rescaled otherwise than ``levels`` say), and
+    a note saying why there is none."""
     settings = section(config, "uncertainty")
     if settings is None:
         return None, "no uncertainty: the run's config has no uncertainty section"
@@ -268,6 +285,7 @@ def uncertainty_for(config, stage_dir: str, predict_fn: Callable, root: str, *,
             model.level == float(settings.level) and \
             model.meta.get("calibration_split") == str(settings.calibration_split) and \
             model.meta.get("checkpoint") == checkpoint_id(stage_dir) and \
+            model.meta.get("rescale_levels") == _levels_record(levels) and \
             model.meta.get("cohort", os.path.abspath(root)) == os.path.abspath(root):
         # fitted for this checkpoint on this cohort's splits (intervals fitted before the
         # cohort was recorded are kept); another cohort (evaluate --cohort) is refitted on
@@ -277,7 +295,17 @@ def uncertainty_for(config, stage_dir: str, predict_fn: Callable, root: str, *,
     if not has_split(root, split):
         return None, (f"no uncertainty: the cohort has no calibration split {split!r} "
                       "(config.uncertainty.calibration_split)")
-    return fit_uncertainty(config, stage_dir, predict_fn, root, stream=stream), ""
+    return fit_uncertainty(config, stage_dir, predict_fn, root, levels=levels,
+                           stream=stream), ""
+
+
+def _levels_record(levels):
+    """How calibration.json records the rescaling levels (None: not rescaled)."""
+    return None if levels is None else [float(v) for v in levels]
+
+
+def _levels_from_record(record):
+    return None if record is None else tuple(float(v) for v in record)
 
 
 # ------------------------------------------------------------------ downstream segmenter
