@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io as text_io
 import os
+import re
 import shutil
 import statistics
 import tempfile
@@ -20,10 +21,76 @@ import numpy as np
 
 from data_pipelines import input_pipeline, tfds_builder
 from qsnet_jax import inference, io, metrics, models
+from qsnet_jax.models import layers
 from qsnet_jax.physics.channels import ALL_CHANNELS
 from qsnet_jax.physics.dictionary import build_dictionary, dictionary_grid, match
 from qsnet_jax.physics.epg import simulate_fisp
 from qsnet_jax.physics.mrf import fisp_schedule
+
+# ------------------------------------------------------------------ single convolutions
+
+# The distinct convolutions of a paper-size training step at 192x224: the Res-UNet's 3x3
+# stride-1 layers at each level (base width 32), then the PatchGAN's 4x4 stride-2 layers
+# (base width 64; 3 inputs + 5 contrasts enter the first).
+CONV_LAYERS = ("192x224x32-32k3s1", "96x112x64-64k3s1", "48x56x128-128k3s1",
+               "24x28x256-256k3s1", "12x14x512-512k3s1",
+               "192x224x8-64k4s2", "96x112x64-128k4s2", "48x56x128-256k4s2")
+CONV_LAYER_PATTERN = re.compile(r"(\d+)x(\d+)x(\d+)-(\d+)k(\d+)s([12])")
+
+
+def parse_conv_layer(spec: str) -> dict:
+    """``"HxWxCin-CoutkKsS"`` -> its numbers; padding as the models pad: "same" for odd
+    kernels, k/2 - 1 per side for even ones (the PatchGAN's 4x4, stride 2: 1)."""
+    match = CONV_LAYER_PATTERN.fullmatch(spec)
+    if not match:
+        raise ValueError(f"conv layer {spec!r}: write HxWxCin-CoutkKsS, e.g. 192x224x32-32k3s1")
+    height, width, cin, cout, kernel, stride = (int(v) for v in match.groups())
+    pad = kernel // 2 if kernel % 2 else kernel // 2 - 1
+    return {"height": height, "width": width, "in": cin, "out": cout, "kernel": kernel,
+            "stride": stride, "pad": pad}
+
+
+def conv_gflop(layer: dict, batch: int) -> float:
+    """Multiply-adds x 2 of the forward pass (each gradient costs the same nominally)."""
+    out_h = (layer["height"] + 2 * layer["pad"] - layer["kernel"]) // layer["stride"] + 1
+    out_w = (layer["width"] + 2 * layer["pad"] - layer["kernel"]) // layer["stride"] + 1
+    return 2.0 * batch * out_h * out_w * layer["kernel"] ** 2 * layer["in"] * layer["out"] / 1e9
+
+
+def time_conv_layer(spec: str, *, batch: int, repeats: int) -> dict:
+    """Forward, input gradient and weight gradient of one convolution as the models run it
+    (``layers.conv2d``), float32 NHWC, medians of ``repeats`` after a warm-up; for stride 2
+    also XLA's own input gradient (the one ``layers.conv2d`` replaces on the CPU). Records
+    which library XLA gave the convolution (YNNPACK fusions are named ``__ynn_fusion``)."""
+    layer = parse_conv_layer(spec)
+    strides = (layer["stride"],) * 2
+    padding = ((layer["pad"], layer["pad"]),) * 2
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(keys[0], (batch, layer["height"], layer["width"], layer["in"]))
+    w = jax.random.normal(keys[1], (layer["kernel"],) * 2 + (layer["in"], layer["out"])) * 0.1
+    conv = lambda a, b: layers.conv2d(a, b, strides, padding)
+    xla_conv = lambda a, b: jax.lax.conv_general_dilated(
+        a, b, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    g = jax.random.normal(keys[2], jax.eval_shape(conv, x, w).shape)
+    passes = {
+        "forward": jax.jit(conv),
+        "input_grad": jax.jit(lambda a, b, c: jax.vjp(lambda a_: conv(a_, b), a)[1](c)[0]),
+        "weight_grad": jax.jit(lambda a, b, c: jax.vjp(lambda b_: conv(a, b_), b)[1](c)[0]),
+    }
+    if layer["stride"] != 1:
+        passes["input_grad_xla"] = jax.jit(
+            lambda a, b, c: jax.vjp(lambda a_: xla_conv(a_, b), a)[1](c)[0])
+    gflop = conv_gflop(layer, batch)
+    record = {"layer": spec, "batch": batch, "gflop": round(gflop, 3),
+              "conv_library": ("ynnpack" if "__ynn_fusion" in
+                               passes["forward"].lower(x, w).compile().as_text() else "eigen")}
+    for name, fn in passes.items():
+        args = (x, w) if name == "forward" else (x, w, g)
+        seconds = _median_seconds(lambda fn=fn, args=args: fn(*args), repeats)
+        record[name] = {"ms": round(seconds * 1e3, 2),
+                        "gflop_per_sec": round(gflop / seconds, 1)}
+    return record
+
 
 # ------------------------------------------------------------------ generators
 
