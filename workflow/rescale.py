@@ -20,9 +20,15 @@ from collections.abc import Callable
 
 from qsnet_jax import io
 from qsnet_jax import volume_rescale as vr
-from workflow import cohorts, synthesize
+from workflow import cohorts
 from workflow.errors import UserError
-from workflow.uncertainty import checkpoint_id, section, stage_dir_of, stage_train_splits
+from workflow.uncertainty import (
+    checkpoint_id,
+    section,
+    split_subjects,
+    stage_dir_of,
+    stage_train_splits,
+)
 
 RESCALE_FILE = "rescale.json"
 
@@ -40,19 +46,12 @@ def fit_rescale(config, stage_dir: str, predict_fn: Callable, root: str, *,
     stage = os.path.basename(os.path.normpath(stage_dir))
     splits = stage_train_splits(config, stage, section(config, "rescale").fit_splits,
                                 key="rescale.fit_splits")
-    inputs, targets, context = synthesize.model_channels(config)
+    targets = tuple(config.data.target_channels)
     started = time.time()
     samples, names = [[] for _ in targets], []
     for split in splits:
-        for record in cohorts.split_records(root, split):
-            subject = cohorts.load_record(
-                root, record, channels=inputs + targets,
-                convert_seconds=bool(config.data.get("convert_seconds", False)),
-                resample=bool(config.data.get("resample", False)))
-            prediction = synthesize.synthesize_subject(
-                predict_fn, subject, input_channels=inputs, context_slices=context,
-                batch_size=int(config.eval.batch_size))
-            target = synthesize.stack_inputs(subject, targets)
+        for record, _, target, prediction, subject in split_subjects(config, root, split,
+                                                                     predict_fn):
             for c in range(len(targets)):
                 samples[c].append(vr.fit_samples(prediction[..., c], target[..., c],
                                                  subject.brain_mask))

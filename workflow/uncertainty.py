@@ -118,7 +118,7 @@ def compute_scale(method: str, predict_fn, scale_fn, inputs, prediction, brain_m
     raise UserError(f"config.uncertainty.method={method!r}: use one of {list(unc.METHODS)}")
 
 
-def _subjects(config, root, split, predict_fn, *, levels=None, max_subjects: int = 0):
+def split_subjects(config, root, split, predict_fn, *, levels=None, max_subjects: int = 0):
     """``(record, inputs, target, prediction, subject)`` of each subject of ``split``; the
     prediction rescaled to ``levels`` (workflow.rescale) when given."""
     inputs, targets, context = synthesize.model_channels(config)
@@ -186,7 +186,7 @@ def fit_uncertainty(config, stage_dir: str, predict_fn: Callable, root: str, *,
     if method == "residual_net":
         pieces = []
         for split in fit_splits(config, stage):
-            for _, inputs, target, prediction, subject in _subjects(config, root, split,
+            for _, inputs, target, prediction, subject in split_subjects(config, root, split,
                                                                     predict_fn, levels=levels):
                 pieces.append(unc.residual_slices(
                     inputs, prediction, target, subject.brain_mask,
@@ -207,7 +207,7 @@ def fit_uncertainty(config, stage_dir: str, predict_fn: Callable, root: str, *,
     print(f"uncertainty: {method} scale fitted in {time.time() - started:.1f} s", file=stream,
           flush=True)
     preds, trues, scales, masks, names = [], [], [], [], []
-    for record, inputs, target, prediction, subject in _subjects(
+    for record, inputs, target, prediction, subject in split_subjects(
             config, root, calibration_split, predict_fn, levels=levels):
         preds.append(prediction)
         trues.append(target)
