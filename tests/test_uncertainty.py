@@ -499,3 +499,34 @@ def test_checkpoint_id_survives_a_copied_work_dir_and_changes_with_a_retraining(
     write_step(stage, 150, 1796326999000000000)  # retrained: same step, another commit
     assert workflow_uncertainty.checkpoint_id(str(stage)) != first
     assert workflow_uncertainty.checkpoint_id(str(tmp_path / "nothing")) == ""
+
+
+def test_synthesize_applies_only_the_levels_fitted_for_the_checkpoint_it_loads(tmp_path, capsys):
+    """`synthesize --checkpoint STEP_DIR` of another step than the evaluated one, or after a
+    retraining, must not borrow levels fitted for another generator."""
+    import json as json_lib
+
+    from configs import default
+    from workflow import rescale
+    from workflow import uncertainty as workflow_uncertainty
+
+    stage = tmp_path / "run" / "finetune"
+    for folder, step, stamp in (("checkpoints_best", 150, 11), ("checkpoints", 200, 22)):
+        step_dir = stage / folder / str(step)
+        for item in ("meta", "generator"):
+            (step_dir / item).mkdir(parents=True)
+        (step_dir / "_CHECKPOINT_METADATA").write_text(
+            json_lib.dumps({"commit_timestamp_nsecs": stamp}))
+    config = default.get_config("tiny")
+    targets = tuple(config.data.target_channels)
+    levels = (0.9, 0.8, 0.85, 0.87, 0.91)
+    (stage / rescale.RESCALE_FILE).write_text(json_lib.dumps({
+        "levels": dict(zip(targets, levels, strict=True)),
+        "checkpoint": workflow_uncertainty.checkpoint_id(str(stage))}))
+    assert rescale.stage_rescale(str(stage), config) == levels  # the best step: its own
+    assert rescale.stage_rescale(str(stage / "checkpoints_best" / "150"), config) == levels
+    capsys.readouterr()
+    assert rescale.stage_rescale(str(stage / "checkpoints" / "200"), config) is None
+    assert "not for checkpoints/200" in capsys.readouterr().err
+    config.rescale.enabled = False
+    assert rescale.stage_rescale(str(stage), config) is None

@@ -20,13 +20,13 @@ from collections.abc import Callable
 
 from qsnet_jax import io
 from qsnet_jax import volume_rescale as vr
+from qsnet_jax.train import checkpoints
 from workflow import cohorts
 from workflow.errors import UserError
 from workflow.uncertainty import (
     checkpoint_id,
     section,
     split_subjects,
-    stage_dir_of,
     stage_train_splits,
 )
 
@@ -132,17 +132,21 @@ def _pairs(names, levels) -> str:
 
 
 def stage_rescale(model_path: str, config) -> tuple[float, ...] | None:
-    """The levels fitted for a model's stage (for `synthesize`), or None with a note on
-    stderr when the config asks for them and none were fitted."""
+    """The levels fitted for the checkpoint ``model_path`` resolves to (for `synthesize`), or
+    None with a note on stderr when the config asks for them and none were fitted for it."""
     if not enabled(config):
         return None
     try:
-        stage_dir = stage_dir_of(model_path)
+        step_dir = checkpoints.resolve_checkpoint(model_path, prefer_best=True)
     except (FileNotFoundError, ValueError):
         return None
+    stage_dir = os.path.dirname(os.path.dirname(step_dir))
     stored = load_rescale(stage_dir, tuple(config.data.target_channels))
-    if stored is None:
-        print(f"note: {stage_dir} has no fitted rescaling levels (run experiments.evaluate on "
-              "it): the synthesis is not rescaled per volume", file=sys.stderr, flush=True)
+    if stored is None or stored[1].get("checkpoint") != checkpoint_id(stage_dir, step_dir):
+        which = "no fitted rescaling levels" if stored is None else (
+            f"rescaling levels fitted for {stored[1].get('checkpoint')}, not for "
+            f"{os.path.relpath(step_dir, stage_dir)}")
+        print(f"note: {stage_dir} has {which} (run experiments.evaluate on it): the synthesis "
+              "is not rescaled per volume", file=sys.stderr, flush=True)
         return None
     return stored[0]

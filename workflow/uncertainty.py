@@ -49,15 +49,16 @@ def enabled(config, name: str) -> bool:
     return settings is not None and bool(settings.enabled)
 
 
-def checkpoint_id(stage_dir: str) -> str:
+def checkpoint_id(stage_dir: str, step_dir: str | None = None) -> str:
     """Which generator the fitted uncertainty belongs to ("" without a checkpoint): the
-    stage's best-or-latest step dir relative to the stage, and the commit time Orbax wrote
-    inside it (a step dir without it: its mtime). A retrained stage gets another id, so its
-    uncertainty is refitted; a copied or moved work dir keeps it."""
-    try:
-        step_dir = checkpoints.resolve_checkpoint(stage_dir, prefer_best=True)
-    except FileNotFoundError:
-        return ""
+    step dir (default: the stage's best-or-latest) relative to the stage, and the commit
+    time Orbax wrote inside it (a step dir without it: its mtime). A retrained stage gets
+    another id, so its uncertainty is refitted; a copied or moved work dir keeps it."""
+    if step_dir is None:
+        try:
+            step_dir = checkpoints.resolve_checkpoint(stage_dir, prefer_best=True)
+        except FileNotFoundError:
+            return ""
     try:
         with open(os.path.join(step_dir, CHECKPOINT_METADATA)) as f:
             stamp = str(json.load(f)["commit_timestamp_nsecs"])
