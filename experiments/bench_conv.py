@@ -25,12 +25,14 @@ import sys
 from collections.abc import Sequence
 
 from experiments import cli
+from qsnet_jax import xla_cpu
 from workflow import benchmarks
 from workflow.errors import UserError
 
-YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
-# library -> the option's value: YNNPACK keeps the matrix products in both
-LIBRARY_OPTIONS = {"eigen": "individual_dot", "ynnpack": "individual_dot,individual_convolution"}
+# library -> the YNNPACK fusion option's value: YNNPACK keeps the matrix products in both;
+# "eigen" is what the project sets, "ynnpack" jaxlib's default
+LIBRARY_OPTIONS = {"eigen": xla_cpu.DEFAULT_OPTIONS[xla_cpu.YNN_FUSION_OPTION],
+                   "ynnpack": "individual_dot,individual_convolution"}
 TORCH_SCRIPT = os.path.join("benchmarks", "torch_conv_layers.py")
 
 
@@ -50,10 +52,8 @@ def build_parser():
 
 def child_environment(library: str) -> dict:
     """This process's environment with XLA_FLAGS choosing ``library`` for convolutions."""
-    kept = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
-            if flag.lstrip("-").split("=", 1)[0] != YNN_OPTION]
-    return dict(os.environ, XLA_FLAGS=" ".join(kept + [
-        f"--{YNN_OPTION}={LIBRARY_OPTIONS[library]}"]))
+    return dict(os.environ, XLA_FLAGS=xla_cpu.with_option(
+        os.environ.get("XLA_FLAGS", ""), xla_cpu.YNN_FUSION_OPTION, LIBRARY_OPTIONS[library]))
 
 
 def run_lines(command: Sequence[str], env=None) -> list[dict]:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import optimize
 
-from qsnet_jax.physics.channels import PERCENTILE
+from qsnet_jax.physics.channels import percentile_scale
 
 LEVEL_BOUNDS = (0.3, 1.5)  # where fit_level searches; a level outside means a broken model
 GRID_STEP = 0.01
@@ -36,21 +36,22 @@ CONVENTION = (
     "the synthesized volume.")
 
 
-def brain_percentile(volume, brain_mask, percentile: float = PERCENTILE) -> float:
-    """The ``percentile`` of ``volume`` inside the brain (0.0 for an empty mask)."""
-    inside = np.asarray(volume)[np.asarray(brain_mask) > 0]
-    return float(np.percentile(inside, percentile)) if inside.size else 0.0
+def volume_scale(volume, brain_mask) -> float | None:
+    """The brain 99.5th percentile of ``volume``, the statistic the targets are divided by
+    (``channels.percentile_scale``); None when it is not positive (an all-zero synthesis, an
+    empty mask): such a volume has no scale to correct and is never rescaled."""
+    try:
+        return percentile_scale(volume, brain_mask)
+    except ValueError:
+        return None
 
 
 def rescale_volume(volume, brain_mask, level: float) -> np.ndarray:
-    """``volume`` scaled so its brain 99.5th percentile is ``level``, clipped to [0, 1].
-
-    A volume whose percentile is not positive (an all-zero synthesis) is returned as it is:
-    it has no scale to correct.
-    """
+    """``volume`` scaled so its brain 99.5th percentile is ``level``, clipped to [0, 1]; as it
+    is when it has no ``volume_scale``."""
     volume = np.asarray(volume, dtype=np.float32)
-    top = brain_percentile(volume, brain_mask)
-    if not np.isfinite(top) or top <= 0.0:
+    top = volume_scale(volume, brain_mask)
+    if top is None:
         return volume
     return np.clip(volume * np.float32(level / top), 0.0, 1.0).astype(np.float32)
 
@@ -69,12 +70,12 @@ def rescale_contrasts(prediction, brain_mask, levels: Sequence[float] | None) ->
 
 def fit_samples(prediction, target, brain_mask, *, max_voxels: int = MAX_FIT_VOXELS):
     """What ``fit_level`` needs of one subject and contrast: the brain voxels of the
-    prediction divided by its brain 99.5th percentile, and of the target, every k-th voxel
-    so that at most ``max_voxels`` remain. None for a prediction without a positive
-    percentile (it is never rescaled)."""
+    prediction divided by its ``volume_scale``, and of the target, every k-th voxel so that
+    at most ``max_voxels`` remain. None for a prediction without one (it is never
+    rescaled)."""
     mask = np.asarray(brain_mask) > 0
-    top = brain_percentile(prediction, mask)
-    if not np.isfinite(top) or top <= 0.0:
+    top = volume_scale(prediction, mask)
+    if top is None:
         return None
     stride = max(1, -(-int(mask.sum()) // max_voxels))
     relative = (np.asarray(prediction, np.float32)[mask] / np.float32(top))[::stride]

@@ -17,13 +17,25 @@ from __future__ import annotations
 
 import os
 
+YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 # option -> value; YNNPACK keeps the dots, Eigen takes the convolutions.
-DEFAULT_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "individual_dot"}
+DEFAULT_OPTIONS = {YNN_FUSION_OPTION: "individual_dot"}
+
+
+def option_name(flag: str) -> str:
+    """The option an XLA_FLAGS entry sets: "--name=value", "-name=" or "--name" -> name."""
+    return flag.lstrip("-").split("=", 1)[0]
+
+
+def with_option(xla_flags: str, name: str, value: str) -> str:
+    """`xla_flags` with option `name` set to `value`, whatever it held before."""
+    kept = [flag for flag in xla_flags.split() if option_name(flag) != name]
+    return " ".join([*kept, f"--{name}={value}"])
 
 
 def with_default_options(xla_flags: str) -> str:
     """`xla_flags` (an XLA_FLAGS string) with each default option the string does not set."""
-    given = {flag.lstrip("-").split("=", 1)[0] for flag in xla_flags.split()}
+    given = {option_name(flag) for flag in xla_flags.split()}
     added = [f"--{name}={value}" for name, value in DEFAULT_OPTIONS.items() if name not in given]
     return " ".join([xla_flags.strip(), *added]).strip()
 

@@ -52,3 +52,9 @@ def test_importing_the_library_gives_convolutions_to_eigen(xla_flags, library):
     result = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
                             text=True, timeout=120, check=True)
     assert result.stdout.split()[-1] == library
+
+
+def test_with_option_replaces_every_earlier_value_of_the_option():
+    flags = f"--a=1 --{OPTION}=individual_dot -b -{OPTION}= --{OPTION}"
+    assert xla_cpu.with_option(flags, OPTION, "x").split() == ["--a=1", "-b", f"--{OPTION}=x"]
+    assert xla_cpu.with_option("", OPTION, "x") == f"--{OPTION}=x"

@@ -40,12 +40,18 @@ def enabled(config) -> bool:
     return settings is not None and bool(settings.enabled)
 
 
+def fit_splits(config, stage_dir: str) -> tuple[str, ...]:
+    """The splits the levels are fitted on: config.rescale.fit_splits, or the stage's
+    training split."""
+    stage = os.path.basename(os.path.normpath(stage_dir))
+    return stage_train_splits(config, stage, section(config, "rescale").fit_splits,
+                              key="rescale.fit_splits")
+
+
 def fit_rescale(config, stage_dir: str, predict_fn: Callable, root: str, *,
                 stream=sys.stderr) -> tuple[float, ...]:
     """Fit one level per target contrast on the fit splits; write STAGE_DIR/rescale.json."""
-    stage = os.path.basename(os.path.normpath(stage_dir))
-    splits = stage_train_splits(config, stage, section(config, "rescale").fit_splits,
-                                key="rescale.fit_splits")
+    splits = fit_splits(config, stage_dir)
     targets = tuple(config.data.target_channels)
     started = time.time()
     samples, names = [[] for _ in targets], []
@@ -93,9 +99,7 @@ def rescale_for(config, stage_dir: str, predict_fn: Callable, root: str, *,
     """
     if not enabled(config):
         return None, "not rescaled (config.rescale.enabled = False)"
-    stage = os.path.basename(os.path.normpath(stage_dir))
-    wanted = stage_train_splits(config, stage, section(config, "rescale").fit_splits,
-                                key="rescale.fit_splits")
+    wanted = fit_splits(config, stage_dir)
     stored = load_rescale(stage_dir, tuple(config.data.target_channels))
     if stored is not None:
         levels, meta = stored
