@@ -357,6 +357,7 @@ def test_evaluate_and_synthesize_carry_calibrated_intervals(tmp_path):
         "dice_necrosis", "dice_edema", "dice_enhancing", "dice_whole_tumor"}
     report = (stage_dir / "eval" / "gbm_test" / "report.md").read_text()
     assert "## Uncertainty" in report and "coverage tumor" in report
+    assert "99.5th percentile set to" in report and "(fitted on gbm_train)" in report
     # the two calibration subjects, each calibrated by the other, travel to the report
     held_out = unc_record["held_out_coverage"]["t2w"]
     assert set(held_out["per_subject"]) == {"s2", "s3"}

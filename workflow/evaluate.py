@@ -150,7 +150,7 @@ def evaluate_run(config, stage_dir: str, split: str | None = None, *,
                    f"{'EMA' if config.eval.use_ema else 'raw'} weights",
                    f"cohort `{root}`",
                    f"inputs {', '.join(inputs)}; 2.5D context {context}",
-                   rescale.describe(config, levels, rescale_note)]
+                   rescale.describe(config, stage_dir, levels, rescale_note)]
         io.write_text(os.path.join(staging, "report.md"), reports.evaluation_markdown(
             summary, title=f"Evaluation: {stage} on {split}", split=split,
             num_subjects=len(per_subject), model_name=model_name, details=details,

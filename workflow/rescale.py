@@ -122,13 +122,14 @@ def record(config, levels, note: str = "") -> dict:
             "convention": vr.CONVENTION}
 
 
-def describe(config, levels, note: str = "") -> str:
-    """One line for a report: whether and how the synthesis was rescaled."""
+def describe(config, stage_dir: str, levels, note: str = "") -> str:
+    """One line for a report: whether and how the synthesis was rescaled, and on which
+    splits the levels were fitted."""
     if levels is None:
         return f"synthesis {note or 'not rescaled'}"
     return (f"synthesis rescaled per volume: brain 99.5th percentile set to "
             f"{_pairs(config.data.target_channels, levels)} "
-            "(fitted on training subjects)")
+            f"(fitted on {', '.join(fit_splits(config, stage_dir))})")
 
 
 def _pairs(names, levels) -> str:
