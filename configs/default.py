@@ -260,7 +260,11 @@ def paper_config() -> ml_collections.ConfigDict:
     train.checkpoint_every_steps = 500
     train.max_checkpoints_to_keep = 3
     train.best_metric = "ssim"  # validation score that marks the best checkpoint (higher=better)
-    train.eval_max_subjects = 4  # validation during training uses at most this many subjects
+    # Validation during training uses the first this-many subjects of the validation split.
+    # The GBM stage validates on gbm_calib, so these subjects also chose its checkpoint and
+    # the conformal calibration leaves them out (workflow.uncertainty.calibration_subjects):
+    # 2 of the paper preset's 4 calibration subjects validate, the other 2 calibrate.
+    train.eval_max_subjects = 2
     train.inject_nan_at_step = -1  # test hook: NaN in the batch of this (1-based) step
     # XLA's persistent compilation cache: a re-run (or the next stage, when its program is the
     # same) skips compilation. Empty: off.
@@ -293,7 +297,9 @@ def paper_config() -> ml_collections.ConfigDict:
     # `calibration_split` (held-out subjects, never the test split), at coverage `level`.
     # Fitted on first use into <stage>/uncertainty/; evaluate scores it, synthesize writes
     # <contrast>_uncertainty.nii.gz (the half-width). A cohort without the calibration split
-    # gets no intervals (a note in the report).
+    # gets no intervals (a note in the report). Subjects of the calibration split that also
+    # validated the stage (they chose its checkpoint) do not calibrate: their residuals are
+    # small by selection (train.eval_max_subjects).
     config.uncertainty = unc = ml_collections.ConfigDict()
     unc.enabled = True
     unc.method = "residual_net"  # residual_net | flip | constant

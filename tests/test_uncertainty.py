@@ -531,3 +531,69 @@ def test_synthesize_applies_only_the_levels_fitted_for_the_checkpoint_it_loads(t
     assert "not for checkpoints/200" in capsys.readouterr().err
     config.rescale.enabled = False
     assert rescale.stage_rescale(str(stage), config) is None
+
+
+def test_calibration_leaves_out_the_subjects_that_chose_the_checkpoint(tmp_path):
+    """A checkpoint picked on gbm_calib's first subject does well on it by selection: the
+    conformal quantile comes from the other calibration subjects only (NumPy order statistic
+    over their brain voxels), on the run's own cohort only, and a stored fit that used the
+    selecting subject is refitted."""
+    import json
+
+    from configs import default
+    from workflow import cohorts, synthesize
+    from workflow import uncertainty as wu
+
+    root = tmp_path / "cohort"
+    _write_split_cohort(root, np.random.default_rng(0))
+    config = default.get_config("tiny")
+    config.data.cohort_dir = str(root)
+    config.uncertainty.method = "constant"
+    config.uncertainty.calibration_split = "gbm_calib"
+    config.finetune.validation_split = "gbm_calib"
+    config.train.eval_max_subjects = 1
+    config.eval.batch_size = 4
+    targets = tuple(config.data.target_channels)
+
+    def predict_fn(batch):
+        return np.full(batch.shape[:3] + (len(targets),), 0.5, np.float32)
+
+    assert wu.selection_subjects(config, "finetune", str(root), "gbm_calib") == ["s2"]
+    stage_dir = tmp_path / "run" / "finetune"
+    model = wu.fit_uncertainty(config, str(stage_dir), predict_fn, str(root))
+    assert model.meta["calibration_subjects"] == ["s3"]
+    assert model.meta["selection_subjects_left_out"] == ["s2"]
+    # the reference: the ceil((n + 1) 0.9)-th smallest |target - 0.5| over s3's brain voxels
+    inputs, _, _ = synthesize.model_channels(config)
+    record = cohorts.split_records(str(root), "gbm_calib", ["s3"])[0]
+    subject = cohorts.load_record(str(root), record, channels=inputs + targets)
+    brain = subject.brain_mask > 0
+    for name in targets:
+        scores = np.sort(np.abs(subject.volumes[name][brain].astype(np.float64) - 0.5))
+        rank = math.ceil((scores.size + 1) * 0.9)
+        assert model.quantiles[name] == pytest.approx(scores[rank - 1], rel=1e-6)
+
+    # the stored fit is reused as long as the same subjects would be left out
+    again, _ = wu.uncertainty_for(config, str(stage_dir), None, str(root))
+    assert again.meta["calibration_subjects"] == ["s3"]
+    # a fit from before (the selecting subject included) is refitted
+    calibration = stage_dir / wu.UNCERTAINTY_DIR / wu.CALIBRATION_FILE
+    meta = json.loads(calibration.read_text())
+    del meta["selection_subjects_left_out"]
+    calibration.write_text(json.dumps(meta))
+    with pytest.raises(TypeError):  # predict_fn=None: proof that it fits again
+        wu.uncertainty_for(config, str(stage_dir), None, str(root))
+
+    # validating on every calibration subject leaves none out, and says so
+    config.train.eval_max_subjects = 2
+    kept, left_out, note = wu.calibration_subjects(config, "finetune", str(root), "gbm_calib")
+    assert (kept, left_out) == (["s2", "s3"], []) and "coverage may fall short" in note
+    # another cohort did not choose the checkpoint: all its calibration subjects count
+    config.train.eval_max_subjects = 1
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    assert wu.calibration_subjects(config, "finetune", str(other), "gbm_calib")[:2] == (
+        ["s2", "s3"], [])
+    # nor does a stage that validates elsewhere
+    config.finetune.validation_split = "gbm_test"
+    assert wu.selection_subjects(config, "finetune", str(root), "gbm_calib") == []

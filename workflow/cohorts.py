@@ -20,6 +20,15 @@ def get_cohort(config: ml_collections.ConfigDict) -> str:
                                      cache_dir))
 
 
+def run_cohort_path(config: ml_collections.ConfigDict) -> str:
+    """Where the run's own cohort is (config.data.cohort_dir, or the phantom cache folder its
+    preset and seed name), without building or checking it."""
+    if config.data.cohort_dir:
+        return os.path.abspath(os.path.expanduser(config.data.cohort_dir))
+    return phantom.cohort_path(str(config.data.phantom_preset), int(config.data.phantom_seed),
+                               str(config.data.phantom_cache_dir))
+
+
 def check_cohort_dir(path: str, *, what: str = "--cohort") -> str:
     root = os.path.abspath(os.path.expanduser(path))
     if not os.path.isfile(os.path.join(root, cohort.MANIFEST)):

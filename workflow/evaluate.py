@@ -165,6 +165,8 @@ def uncertainty_record(model, per_subject, timing) -> dict:
     return {"method": model.method, "level": model.level, "quantiles": model.quantiles,
             "calibration_split": model.meta.get("calibration_split"),
             "calibration_subjects": model.meta.get("calibration_subjects"),
+            "selection_subjects_left_out": model.meta.get("selection_subjects_left_out"),
+            "calibration_note": model.meta.get("calibration_note", ""),
             "held_out_coverage": model.meta.get("held_out_coverage"),
             "per_subject": per_subject, "summary": evaluation.aggregate(per_subject),
             "pooled_coverage": unc.pooled_coverage(per_subject),

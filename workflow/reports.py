@@ -53,6 +53,15 @@ def evaluation_markdown(summary, *, title: str, split: str, num_subjects: int, m
     return "\n".join(lines)
 
 
+def _calibration_subjects_text(record: Mapping) -> str:
+    """"5 subjects; sub-021, which chose the checkpoint, left out" or "6 subjects"."""
+    text = f"{len(record.get('calibration_subjects') or [])} subjects"
+    left_out = record.get("selection_subjects_left_out") or []
+    if left_out:
+        text += f"; {', '.join(left_out)}, which chose the checkpoint, left out"
+    return text
+
+
 def uncertainty_section(records: Mapping[str, Mapping]) -> list[str]:
     """Markdown lines: per model the interval scores per contrast and region, the conformal
     quantiles and the cost against synthesis. ``records``: ``{model: metrics.json's
@@ -69,10 +78,12 @@ def uncertainty_section(records: Mapping[str, Mapping]) -> list[str]:
             for c, q in record["quantiles"].items())
         lines += [f"- `{name}`: method `{record['method']}`, level {record['level']:.0%}, "
                   f"calibrated on split `{record['calibration_split']}` "
-                  f"({len(record.get('calibration_subjects') or [])} subjects); q = "
+                  f"({_calibration_subjects_text(record)}); q = "
                   f"{quantiles}; uncertainty took {timing['uncertainty_s']:.2f} s vs "
                   f"{timing['synthesis_s']:.2f} s of synthesis "
                   f"({timing['ratio']:.2f}x, measured in this run)"]
+        if record.get("calibration_note"):
+            lines.append(f"  - note: {record['calibration_note']}")
         pooled = record.get("pooled_coverage") or {}
         for region in ("", "_tumor", "_healthy"):
             values = [f"{evaluation.contrast_title(c)} {e['coverage' + region]:.3f}"

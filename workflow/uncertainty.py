@@ -119,11 +119,12 @@ def compute_scale(method: str, predict_fn, scale_fn, inputs, prediction, brain_m
     raise UserError(f"config.uncertainty.method={method!r}: use one of {list(unc.METHODS)}")
 
 
-def split_subjects(config, root, split, predict_fn, *, levels=None, max_subjects: int = 0):
-    """``(record, inputs, target, prediction, subject)`` of each subject of ``split``; the
-    prediction rescaled to ``levels`` (workflow.rescale) when given."""
+def split_subjects(config, root, split, predict_fn, *, levels=None, max_subjects: int = 0,
+                   subjects=None):
+    """``(record, inputs, target, prediction, subject)`` of each subject of ``split`` (or of
+    its ``subjects``); the prediction rescaled to ``levels`` (workflow.rescale) when given."""
     inputs, targets, context = synthesize.model_channels(config)
-    records = cohorts.split_records(root, split)
+    records = cohorts.split_records(root, split, subjects)
     if max_subjects:
         records = records[:max_subjects]
     for record in records:
@@ -158,6 +159,40 @@ def fit_splits(config, stage: str) -> tuple[str, ...]:
                               key="uncertainty.fit_splits")
 
 
+def selection_subjects(config, stage: str, root: str, split: str) -> list[str]:
+    """The subjects of ``split`` that chose the stage's checkpoint: the first
+    config.train.eval_max_subjects of its validation split (workflow.train_eval's validator),
+    when that split is ``split`` of the run's own cohort and a best checkpoint is kept.
+
+    Conformal calibration must not reuse them: the checkpoint was picked for doing well on
+    them, so their residuals understate a new subject's and the intervals would cover less
+    than the level says.
+    """
+    stage_config = config.get(stage)
+    if stage_config is None or str(stage_config.get("validation_split", "")) != split or \
+            not str(config.train.get("best_metric", "")):
+        return []
+    if os.path.abspath(root) != cohorts.run_cohort_path(config):
+        return []  # another cohort (evaluate --cohort): nothing of it chose the checkpoint
+    count = max(1, int(config.train.eval_max_subjects))
+    return [r.subject for r in cohorts.split_records(root, split)[:count]]
+
+
+def calibration_subjects(config, stage: str, root: str, split: str) -> tuple[list, list, str]:
+    """``(subjects that calibrate, subjects left out, note)`` of the calibration split: every
+    subject but those that chose the checkpoint (``selection_subjects``), unless that leaves
+    none, in which case all of them, with a note saying so."""
+    everyone = [r.subject for r in cohorts.split_records(root, split)]
+    chosen_by = selection_subjects(config, stage, root, split)
+    kept = [name for name in everyone if name not in chosen_by]
+    if not kept:
+        return everyone, [], (
+            f"every subject of {split} also chose the checkpoint (validation during "
+            f"training): calibrated on them anyway, so coverage may fall short of the level; "
+            f"validate on fewer (config.train.eval_max_subjects) or on another split")
+    return kept, [name for name in everyone if name in chosen_by], ""
+
+
 def has_split(root: str, split: str) -> bool:
     return any(r.split == split for r in cohorts.read_records(root))
 
@@ -179,9 +214,11 @@ def fit_uncertainty(config, stage_dir: str, predict_fn: Callable, root: str, *,
     targets = tuple(config.data.target_channels)
     batch_size = int(config.eval.batch_size)
     context = int(config.data.context_slices)
+    calibrating, left_out, note = calibration_subjects(config, stage, root, calibration_split)
     meta = {"method": method, "calibration_split": calibration_split,
             "checkpoint": checkpoint_id(stage_dir), "cohort": os.path.abspath(root),
-            "rescale_levels": _levels_record(levels)}
+            "rescale_levels": _levels_record(levels), "selection_subjects_left_out": left_out,
+            "calibration_note": note}
     scale_fn, state = None, None
     started = time.time()
     if method == "residual_net":
@@ -209,7 +246,7 @@ def fit_uncertainty(config, stage_dir: str, predict_fn: Callable, root: str, *,
           flush=True)
     preds, trues, scales, masks, names = [], [], [], [], []
     for record, inputs, target, prediction, subject in split_subjects(
-            config, root, calibration_split, predict_fn, levels=levels):
+            config, root, calibration_split, predict_fn, levels=levels, subjects=calibrating):
         preds.append(prediction)
         trues.append(target)
         masks.append(subject.brain_mask)
@@ -282,15 +319,7 @@ def uncertainty_for(config, stage_dir: str, predict_fn: Callable, root: str, *,
     if not bool(settings.enabled):
         return None, "uncertainty off (config.uncertainty.enabled = False)"
     model = load_uncertainty(stage_dir)
-    if model is not None and model.method == str(settings.method) and \
-            model.level == float(settings.level) and \
-            model.meta.get("calibration_split") == str(settings.calibration_split) and \
-            model.meta.get("checkpoint") == checkpoint_id(stage_dir) and \
-            model.meta.get("rescale_levels") == _levels_record(levels) and \
-            model.meta.get("cohort", os.path.abspath(root)) == os.path.abspath(root):
-        # fitted for this checkpoint on this cohort's splits (intervals fitted before the
-        # cohort was recorded are kept); another cohort (evaluate --cohort) is refitted on
-        # its own fit and calibration splits
+    if model is not None and _fitted_for(model, config, stage_dir, root, levels):
         return model, ""
     split = str(settings.calibration_split)
     if not has_split(root, split):
@@ -298,6 +327,23 @@ def uncertainty_for(config, stage_dir: str, predict_fn: Callable, root: str, *,
                       "(config.uncertainty.calibration_split)")
     return fit_uncertainty(config, stage_dir, predict_fn, root, levels=levels,
                            stream=stream), ""
+
+
+def _fitted_for(model: UncertaintyModel, config, stage_dir: str, root: str, levels) -> bool:
+    """Whether a stored uncertainty was fitted with these settings, for this checkpoint, on
+    this synthesis (``levels``) and this cohort's splits (intervals fitted before the cohort
+    was recorded are kept); another cohort (evaluate --cohort) is refitted on its own fit and
+    calibration splits."""
+    settings = section(config, "uncertainty")
+    meta = model.meta
+    split = str(settings.calibration_split)
+    return (model.method == str(settings.method) and model.level == float(settings.level)
+            and meta.get("calibration_split") == split
+            and meta.get("checkpoint") == checkpoint_id(stage_dir)
+            and meta.get("rescale_levels") == _levels_record(levels)
+            and meta.get("cohort", os.path.abspath(root)) == os.path.abspath(root)
+            and meta.get("selection_subjects_left_out") == calibration_subjects(
+                config, os.path.basename(os.path.normpath(stage_dir)), root, split)[1])
 
 
 def _levels_record(levels):
