@@ -191,6 +191,11 @@ def test_study_tables_come_from_the_runs(studies, name):
         report = f.read()
     for variant in variants:
         assert re.search(rf"^\| \S+ \| {variant} \|", report, re.M), variant
+        # the variant's evaluation named from the report's folder: a copied report still
+        # points into the study's work dir
+        assert f"(`../{variant}/" in report and os.path.isfile(os.path.join(
+            out, "..", variant, os.path.relpath(combined["models"][variant]["eval"],
+                                                os.path.join(workdir, variant))))
     assert "(p=" in report
     with open(os.path.join(out, "metrics.csv")) as f:
         lines = f.read().splitlines()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -202,15 +203,21 @@ def study_table(result) -> str:
     return "\n".join(lines)
 
 
-def study_markdown(result, *, title: str) -> str:
-    """report.md of a study: the variants, the combined table, the paired tests."""
+def _path_from(path: str, folder: str | None) -> str:
+    return path if folder is None else os.path.relpath(path, os.path.abspath(folder))
+
+
+def study_markdown(result, *, title: str, relative_to: str | None = None) -> str:
+    """report.md of a study: the variants, the combined table, the paired tests. Each
+    variant's metrics.json is named relative to ``relative_to`` (the report's folder) when
+    given, so that a copied report's links hold."""
     lines = [f"# {title}", "", f"Split `{result['split']}`; every variant scored on the same "
              "subjects.", ""]
     for name, model in result["models"].items():
         lines.append(f"- `{name}`: model `{model['model']}`, inputs "
                      f"{', '.join(model['inputs'])}, 2.5D context {model['context_slices']}, "
                      f"stages {', '.join(model['stages'])}, {model['num_subjects']} subjects "
-                     f"(`{model['eval']}`)")
+                     f"(`{_path_from(model['eval'], relative_to)}`)")
     lines += ["", study_table(result), ""]
     seeds = {tuple(m["seeds"]) for m in result["models"].values() if m.get("seeds")}
     if seeds:

@@ -350,7 +350,7 @@ def write_outputs(result, runs, configs, cohort_dirs, out_dir: str, *, config):
                       json.dumps(evaluation.jsonable(result), indent=2, allow_nan=False))
         io.write_text(os.path.join(staging, "metrics.csv"), reports.study_csv(result))
         io.write_text(os.path.join(staging, "report.md"),
-                      reports.study_markdown(result, title=title))
+                      reports.study_markdown(result, title=title, relative_to=out_dir))
         os.makedirs(os.path.join(staging, "figures"))
         for subject, png in reports.comparison_figures(runs, configs, cohort_dirs,
                                                        result["split"], count).items():
