@@ -188,8 +188,8 @@ def calibration_subjects(config, stage: str, root: str, split: str) -> tuple[lis
     if not kept:
         return everyone, [], (
             f"every subject of {split} also chose the checkpoint (validation during "
-            f"training): calibrated on them anyway, so coverage may fall short of the level; "
-            f"validate on fewer (config.train.eval_max_subjects) or on another split")
+            "training): calibrated on them anyway, so coverage may fall short of the level; "
+            "validate on fewer (config.train.eval_max_subjects) or on another split")
     return kept, [name for name in everyone if name in chosen_by], ""
 
 
