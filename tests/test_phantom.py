@@ -210,7 +210,8 @@ def test_ensure_cohort_race_loser_uses_winner(tmp_path, monkeypatch):
     monkeypatch.setattr(writer, "build_into", build_while_another_wins)
     assert writer.ensure_cohort("tiny", 7, str(tmp_path)) == target
     assert _manifest(target)[0]["subject"] == "winner-001"
-    assert os.listdir(tmp_path) == ["tiny-v2-seed7"]  # the loser's temporary folder is gone
+    # the loser's temporary folder is gone
+    assert os.listdir(tmp_path) == [f"tiny-{writer.COHORT_FORMAT}-seed7"]
     assert writer.ensure_cohort("tiny", 7, str(tmp_path)) == target  # cached: no build
 
 
@@ -231,5 +232,6 @@ def test_ensure_cohort_rebuilds_a_cache_made_by_an_earlier_design(tmp_path, monk
     assert writer.ensure_cohort("tiny", 0, str(tmp_path), log=lines.append) == target
     assert builds == [0] and _manifest(target)[0]["subject"] == "new-001"
     assert any("earlier version of preset 'tiny'" in line for line in lines)
-    assert os.listdir(tmp_path) == ["tiny-v2-seed0"]  # the stale one swapped out, no leftovers
+    # the stale one swapped out, no leftovers
+    assert os.listdir(tmp_path) == [f"tiny-{writer.COHORT_FORMAT}-seed0"]
     assert writer.ensure_cohort("tiny", 0, str(tmp_path)) == target and builds == [0]

@@ -96,7 +96,8 @@ def test_jax_epg_equals_numpy_epg_on_mrf_schedule():
     fingerprints = np.asarray(simulate_fisp(schedule, t1, t2, b1))
     assert fingerprints.dtype == np.float32 and fingerprints.shape == (4, 200)
     for row, (t1_ms, t2_ms, b1_scale) in zip(fingerprints, tissues, strict=True):
-        np.testing.assert_allclose(row, numpy_epg(schedule, t1_ms, t2_ms, b1_scale), atol=1e-5)
+        every_state = numpy_epg(schedule, t1_ms, t2_ms, b1_scale, num_states=201)
+        np.testing.assert_allclose(row, every_state, atol=1e-5)
     # Inverted train: the first echoes are negative, long T1 stays negative longer.
     assert np.all(fingerprints[:, 0] < 0)
 
@@ -125,3 +126,23 @@ def test_default_schedule_shape_and_ranges():
     assert schedule.tr_ms.min() == pytest.approx(11.5) and schedule.tr_ms.max() == 14.5
     assert np.max(np.abs(np.diff(schedule.tr_ms))) < 0.2  # smooth
     np.testing.assert_array_equal(schedule.tr_ms, fisp_schedule().tr_ms)  # deterministic
+
+
+# Long-T2 tissues at the worst case of each state-count band (T1 = 5000 ms, T2 at the band's
+# upper edge), CSF, and B1 at both ends of the phantom's range.
+LONG_T2 = [(5000.0, 300.0, 1.2), (5000.0, 600.0, 0.8), (5000.0, 1100.0, 1.2),
+           (4163.0, 1750.0, 1.0), (5000.0, 2500.0, 0.8)]
+
+
+def test_long_t2_fingerprints_within_1e4_of_an_all_states_numpy_epg():
+    schedule = fisp_schedule(1000)
+    t1, t2, b1 = (np.array(v) for v in zip(*LONG_T2, strict=True))
+    adaptive = np.asarray(simulate_fisp(schedule, t1, t2, b1))
+    truncated = np.asarray(simulate_fisp(schedule, t1, t2, b1, num_states=64))
+    for row, cut, (t1_ms, t2_ms, b1_scale) in zip(adaptive, truncated, LONG_T2, strict=True):
+        # Every state of the train: 1001 > N / 2, so nothing that reaches the readout is cut.
+        exact = numpy_epg(schedule, t1_ms, t2_ms, b1_scale, num_states=schedule.num_trs + 1)
+        peak = np.abs(exact).max()
+        assert np.abs(row - exact).max() <= 1e-4 * peak, (t1_ms, t2_ms)
+        if t2_ms > 1000:  # the old fixed 64 states were visibly off here
+            assert np.abs(cut - exact).max() > 1e-3 * peak

@@ -126,7 +126,7 @@ def test_best_entry_is_the_brute_force_argmax(dictionary, monkeypatch, score_ele
     clean = dictionary.atoms[rows] * rng.uniform(0.5, 2.0, (500, 1))
     noisy = (clean + rng.normal(0, 0.03, clean.shape)
              + 1j * rng.normal(0, 0.03, clean.shape)).astype(np.complex64)
-    maps = match(dictionary, noisy, chunk=256)  # the group size keys its atom-block cache
+    maps = match(dictionary, noisy, chunk=256, refine=False)  # group size keys the cache
     atoms = dictionary.atoms.astype(np.float64)
     scores = np.abs(noisy.astype(np.complex128) @ atoms.T)
     top2 = np.sort(scores, axis=1)[:, -2:]
@@ -140,3 +140,46 @@ def test_best_entry_is_the_brute_force_argmax(dictionary, monkeypatch, score_ele
     np.testing.assert_array_equal(maps["t2_ms"][clear], dictionary.t2_ms[best][clear])
     np.testing.assert_allclose(maps["score"], top2[:, 1] / np.linalg.norm(
         np.concatenate([noisy.real, noisy.imag], axis=1), axis=1), rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def five_percent_dictionary(schedule):
+    # The presets' 5% grid (over the brain's range, to keep the build short): on the grid
+    # alone a pure tissue can land up to half a step, ~2.5%, from its true T1 and T2.
+    t1, t2, b1 = dictionary_grid((300.0, 6000.0), (20.0, 3000.0), step=0.05)
+    return build_dictionary(schedule, t1, t2, b1, rank=10)
+
+
+def test_refined_matching_within_1_percent_of_pure_tissue_t1_t2_pd(schedule,
+                                                                  five_percent_dictionary):
+    # Independent truth: the simulated parameters themselves, drawn off the grid.
+    rng = np.random.default_rng(7)
+    t1 = np.concatenate([[820.0, 1450.0, 4163.0], rng.uniform(400.0, 4500.0, 60)])
+    t2 = np.concatenate([[68.0, 90.0, 1750.0], np.exp(rng.uniform(np.log(25), np.log(2000), 60))])
+    keep = t2 < 0.8 * t1
+    t1, t2 = t1[keep], t2[keep]
+    pd = rng.uniform(0.5, 1.0, t1.size)
+    phase = np.exp(1j * rng.uniform(0, 2 * np.pi, (t1.size, 1)))
+    fingerprints = (np.asarray(simulate_fisp(schedule, t1, t2)) * pd[:, None] * phase)
+    refined = match(five_percent_dictionary, fingerprints.astype(np.complex64))
+    on_grid = match(five_percent_dictionary, fingerprints.astype(np.complex64), refine=False)
+    for name, truth in (("t1_ms", t1), ("t2_ms", t2), ("pd", pd)):
+        np.testing.assert_allclose(refined[name], truth, rtol=0.01, err_msg=name)
+    # The grid alone misses by more than 1% somewhere (so the test above is not vacuous).
+    assert np.max(np.abs(on_grid["t2_ms"] / t2 - 1)) > 0.02
+    assert np.all(refined["score"] > 0.9999)
+
+
+def test_b1_error_moves_matched_t2_against_b1(schedule, five_percent_dictionary):
+    # MRF without B1 correction (the dictionary is B1-free): a flip too small reads as a
+    # longer T2, too large as a shorter one (T1 moves the same way as B1, by a few percent).
+    t1 = np.array([820.0, 1450.0, 4163.0])
+    t2 = np.array([68.0, 90.0, 1750.0])
+    matched = {b1: match(five_percent_dictionary, simulate_fisp(schedule, t1, t2, b1))
+               for b1 in (0.9, 1.0, 1.1)}
+    np.testing.assert_allclose(matched[1.0]["t2_ms"], t2, rtol=0.01)
+    assert np.all(matched[0.9]["t2_ms"] > 1.05 * t2)
+    assert np.all(matched[1.1]["t2_ms"] < 0.95 * t2)
+    assert np.all(matched[0.9]["t1_ms"] < matched[1.0]["t1_ms"])
+    assert np.all(matched[1.1]["t1_ms"] > matched[1.0]["t1_ms"])
+    np.testing.assert_allclose(matched[1.1]["t1_ms"], t1, rtol=0.05)

@@ -75,9 +75,9 @@ PRESETS = {
     "bench": Preset("bench", 2, (96, 112), _design(4, 2, 6, 10, 6, 2, 10),
                     num_trs=1000, dictionary_step=0.05, table_step=0.03),
     # Tests and the smoke run. Coarser MRF so that the cohort builds in seconds: 10%
-    # dictionary steps (maps are coarser-quantized than in the other presets) and 32 EPG
-    # states (CSF fingerprints ~1e-2 of peak off; quick and paper keep every state they
-    # need, to 1e-4). The schedule
+    # dictionary steps (refined between entries, as in every preset) and 32 EPG states (CSF
+    # fingerprints ~3e-2 of peak off; the other presets keep the states each tissue needs,
+    # to 1e-4 of peak: qsnet_jax.physics.epg.states_needed). The schedule
     # keeps its 1000 shots: a 400-shot train was measured to hide the partial-volume bias
     # that the cohort exists to show (GM/CSF voxels matched nearly right).
     "tiny": Preset("tiny", 4, (48, 56), _design(2, 1, 2, 1, 1, 1, 1),

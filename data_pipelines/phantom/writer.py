@@ -35,7 +35,9 @@ MANIFEST_COLUMNS = ("subject", "group", "site", "split", "t1map", "t2map", "pdma
                     "t2w", "t1flair", "t2flair", "swi", "brain_mask", "labels", "mrf_subspace")
 # Bumped whenever the files a seed produces change meaning; part of the cache path so that a
 # cache of an older phantom is never mistaken for the current one.
-COHORT_FORMAT = "v2"
+# v2.1: MRF to reference precision (the EPG states each tissue needs, matching refined
+# between dictionary entries).
+COHORT_FORMAT = "v2.1"
 BASIS_FILE = "mrf_basis.npy"
 BASIS_INFO_FILE = "mrf_basis.json"
 FLOAT_VOLUMES = ("t1map", "t2map", "pdmap", "t1w", "t2w", "t1flair", "t2flair", "swi")

@@ -217,11 +217,16 @@ def _as_compressed(dictionary, fingerprints):
     return fingerprints.astype(np.float32)
 
 
-def match(dictionary: MRFDictionary, fingerprints, *, chunk: int = 4096) -> dict:
+def match(dictionary: MRFDictionary, fingerprints, *, chunk: int = 4096,
+          refine: bool = True) -> dict:
     """Match fingerprints to the dictionary.
 
     fingerprints: [..., N] uncompressed or [..., k] already compressed (told apart by the
         last dimension), real or complex.
+    refine: interpolate between grid entries (`_refine`): a quadratic fitted to the scores
+        of the best entry and its 8 neighbours on the (log T1, log T2) grid gives T1 and T2
+        off the grid (within 1% for pure tissues on a 5% grid, against up to half a step,
+        ~2.5%, on the grid alone) and PD at that point. False: the best entry's values.
     Returns numpy float32 arrays of the leading shape: t1_ms, t2_ms, b1 of the best entry,
     pd = <f, atom> / |compressed entry| (the fingerprint's scale relative to the M0 = 1
     simulation), and score = <f, atom> / |f| in [-1, 1] (1: a perfect match). All-zero
@@ -233,15 +238,19 @@ def match(dictionary: MRFDictionary, fingerprints, *, chunk: int = 4096) -> dict
     num_voxels = compressed.shape[0]
     size = _voxel_bucket(num_voxels, chunk)
     groups, bias = _blocks_for(dictionary, size)
-    best = np.empty(num_voxels, np.float32)
-    index = np.empty(num_voxels, np.int64)
+    grid = _grid_for(dictionary) if refine else None
+    columns = ("best", "index") + (("t1_ms", "t2_ms", "pd_score", "pd_norm") if refine else ())
+    found = {name: np.empty(num_voxels, np.int64 if name == "index" else np.float32)
+             for name in columns}
     for start in range(0, num_voxels, size):
         piece = compressed[start:start + size]
-        padded = np.pad(piece, [(0, size - len(piece))] + [(0, 0)] * (piece.ndim - 1))
-        b, i = _best_entries(jnp.asarray(padded), groups, bias)
-        best[start:start + len(piece)] = np.asarray(b)[: len(piece)]
-        index[start:start + len(piece)] = np.asarray(i)[: len(piece)]
-    return _maps_from_best(dictionary, compressed, best, index, lead)
+        padding = [(0, size - len(piece))] + [(0, 0)] * (piece.ndim - 1)
+        padded = jnp.asarray(np.pad(piece, padding))
+        b, i = _best_entries(padded, groups, bias)
+        values = (b, i) + (_refine(padded, i, *grid) if refine else ())
+        for name, value in zip(columns, values, strict=True):
+            found[name][start:start + len(piece)] = np.asarray(value)[: len(piece)]
+    return _maps_from_best(dictionary, compressed, found, lead)
 
 
 def _blocks_for(dictionary, voxel_chunk):
@@ -259,15 +268,135 @@ def _blocks_for(dictionary, voxel_chunk):
     return cache[key]
 
 
-def _maps_from_best(dictionary, compressed, best, index, lead):
+def _maps_from_best(dictionary, compressed, found, lead):
     flat = compressed.reshape(compressed.shape[0], -1)
     fnorm = np.linalg.norm(flat, axis=1)
     empty = fnorm == 0
+    index = found["index"]
+    if "t1_ms" in found:  # refined between grid entries
+        t1, t2 = found["t1_ms"], found["t2_ms"]
+        best, norm = found["pd_score"], found["pd_norm"]
+    else:
+        t1, t2 = dictionary.t1_ms[index], dictionary.t2_ms[index]
+        best, norm = found["best"], dictionary.compressed_norms[index]
     out = {
-        "t1_ms": dictionary.t1_ms[index], "t2_ms": dictionary.t2_ms[index],
-        "b1": dictionary.b1[index],
-        "pd": best / dictionary.compressed_norms[index],
-        "score": best / np.where(empty, 1.0, fnorm),
+        "t1_ms": t1, "t2_ms": t2, "b1": dictionary.b1[index],
+        "pd": best / norm,
+        "score": np.minimum(best / np.where(empty, 1.0, fnorm), 1.0),
     }
     return {name: np.where(empty, 0.0, v).astype(np.float32).reshape(lead)
             for name, v in out.items()}
+
+
+# ------------------------------------------------------------------ refinement off the grid
+
+# Offsets (dT1, dT2) in grid steps of the 3 x 3 neighbourhood, row by row, and the least-
+# squares fit of q(x, y) = a + b x + c y + d x^2 + e y^2 + f x y to its 9 values.
+_OFFSETS = np.array([(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)], np.float32)
+_QUADRATIC = np.stack([np.ones(9), _OFFSETS[:, 0], _OFFSETS[:, 1], _OFFSETS[:, 0] ** 2,
+                       _OFFSETS[:, 1] ** 2, _OFFSETS[:, 0] * _OFFSETS[:, 1]], axis=1)
+_FIT = np.linalg.pinv(_QUADRATIC).astype(np.float32)  # [6, 9]
+
+
+def _log_uniform_axis(values, name):
+    """The sorted distinct values of an entry parameter and its log step (uniform)."""
+    axis = np.unique(values)
+    if axis.size < 2:
+        return axis, 0.0
+    steps = np.diff(np.log(axis.astype(np.float64)))
+    if np.ptp(steps) > 1e-3 * steps.mean():
+        raise ValueError(f"refine needs a log-spaced {name} grid (dictionary_grid makes one)")
+    return axis, float(steps.mean())
+
+
+def _grid_for(dictionary):
+    """(neighbours [M, 9] entry indices of each entry's 3 x 3 (T1, T2) neighbourhood at its
+    B1, -1 where the grid has no entry; log T1 and log T2 of every entry; the two log steps),
+    as device arrays, cached on the instance like the atom blocks."""
+    cache = dictionary.__dict__.setdefault("_device_grid", {})
+    if id(dictionary.atoms) in cache:
+        return cache[id(dictionary.atoms)]
+    t1_axis, t1_step = _log_uniform_axis(dictionary.t1_ms, "T1")
+    t2_axis, t2_step = _log_uniform_axis(dictionary.t2_ms, "T2")
+    b1_axis = np.unique(dictionary.b1)
+    where = (np.searchsorted(t1_axis, dictionary.t1_ms),
+             np.searchsorted(t2_axis, dictionary.t2_ms), np.searchsorted(b1_axis, dictionary.b1))
+    lookup = np.full((t1_axis.size + 2, t2_axis.size + 2, b1_axis.size), -1, np.int64)
+    lookup[where[0] + 1, where[1] + 1, where[2]] = np.arange(dictionary.num_entries)
+    neighbours = np.stack([lookup[where[0] + 1 + i, where[1] + 1 + j, where[2]]
+                           for i, j in _OFFSETS.astype(int)], axis=1)
+    grid = (jnp.asarray(neighbours, jnp.int32),
+            jnp.asarray(np.asarray(dictionary.atoms, np.float32)),
+            jnp.asarray(np.log(dictionary.compressed_norms), jnp.float32),
+            jnp.asarray(np.log(dictionary.t1_ms), jnp.float32),
+            jnp.asarray(np.log(dictionary.t2_ms), jnp.float32),
+            jnp.float32(t1_step), jnp.float32(t2_step))
+    cache.clear()
+    cache[id(dictionary.atoms)] = grid
+    return grid
+
+
+def _separable(values, present):
+    """Quadratic coefficients [.., 6] from the centre row and column alone (no cross term),
+    with an axis left flat where one of its two neighbours is missing."""
+    centre = values[..., 4]
+    coefficients = [centre]
+    slopes, curvatures = [], []
+    for low, high in ((1, 7), (3, 5)):  # T1 axis: rows 1 and 7; T2 axis: 3 and 5
+        both = present[..., low] & present[..., high]
+        lo, hi = values[..., low], values[..., high]
+        slopes.append(jnp.where(both, (hi - lo) / 2, 0.0))
+        curvatures.append(jnp.where(both, (hi - 2 * centre + lo) / 2, 0.0))
+    return jnp.stack(coefficients + slopes + curvatures + [jnp.zeros_like(centre)], axis=-1)
+
+
+def _vertex(q):
+    """The maximum (x, y) of the quadratic q [.., 6], clipped to the fitted +-1 steps; where q
+    is not concave, a flat axis (or both) keeps the grid point."""
+    _, b, c, d, e, f = (q[..., n] for n in range(6))
+    det = 4 * d * e - f * f
+    concave = (d < 0) & (det > 0)
+    safe = jnp.where(concave, det, 1.0)
+    x_joint, y_joint = (f * c - 2 * e * b) / safe, (f * b - 2 * d * c) / safe
+    # Without a joint maximum: each axis on its own where it curves down.
+    x_alone = jnp.where(d < 0, -b / jnp.where(d < 0, 2 * d, 1.0), 0.0)
+    y_alone = jnp.where(e < 0, -c / jnp.where(e < 0, 2 * e, 1.0), 0.0)
+    x = jnp.clip(jnp.where(concave, x_joint, x_alone), -1.0, 1.0)
+    y = jnp.clip(jnp.where(concave, y_joint, y_alone), -1.0, 1.0)
+    return x, y
+
+
+def _evaluate(q, x, y):
+    return (q[..., 0] + q[..., 1] * x + q[..., 2] * y + q[..., 3] * x * x
+            + q[..., 4] * y * y + q[..., 5] * x * y)
+
+
+@jax.jit
+def _refine(compressed, best_index, neighbours, atoms, log_norms, log_t1, log_t2,
+            t1_step, t2_step):
+    """Interpolated (T1, T2) of each fingerprint's score peak, the score there and the
+    compressed norm there: a quadratic in (log T1, log T2) through the 3 x 3 neighbourhood of
+    the best entry (the whole fit where all 9 entries exist, its centre row and column at the
+    grid's edges); PD = score / norm at the same point."""
+    nearby = neighbours[best_index]  # [c, 9]
+    present = nearby >= 0
+    rows = jnp.where(present, nearby, best_index[:, None])
+    scores = _scores_with(compressed, atoms[rows])  # [c, 9]
+    norms = log_norms[rows]
+    full = jnp.all(present, axis=1, keepdims=True)
+    fit = jnp.asarray(_FIT)
+    q_score = jnp.where(full, scores @ fit.T, _separable(scores, present))
+    q_norm = jnp.where(full, norms @ fit.T, _separable(norms, present))
+    x, y = _vertex(q_score)
+    peak = jnp.maximum(_evaluate(q_score, x, y), scores[:, 4])
+    t1 = jnp.exp(log_t1[best_index] + x * t1_step)
+    t2 = jnp.exp(log_t2[best_index] + y * t2_step)
+    return t1, t2, peak, jnp.exp(_evaluate(q_norm, x, y))
+
+
+def _scores_with(compressed, atoms):
+    """Inner products of fingerprints [c, k] or [c, 2, k] with their own atoms [c, n, k]."""
+    if compressed.ndim == 2:
+        return jnp.einsum("ck,cnk->cn", compressed, atoms)
+    return jnp.hypot(jnp.einsum("ck,cnk->cn", compressed[:, 0], atoms),
+                     jnp.einsum("ck,cnk->cn", compressed[:, 1], atoms))

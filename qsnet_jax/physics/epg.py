@@ -24,7 +24,16 @@ import numpy as np
 
 from qsnet_jax.physics.mrf import MRFSchedule
 
-DEFAULT_NUM_STATES = 64
+# None: every tissue keeps the states its T2 needs (states_needed). An int keeps that many.
+DEFAULT_NUM_STATES = None
+# A state of order k reaches the readout only if it is rephased within the train, after k
+# shifts out and k back: states above N // 2 never contribute, so N // 2 + 1 states are exact.
+# Below that, higher states matter only for long T2 (they decay by E2 on every shift). Each
+# row: the largest T2 (ms) that this many states simulate to within 1e-4 of the fingerprint's
+# peak against the exact count, measured on the default 1000-shot FISP schedule at the worst
+# case T1 = 5000 ms and B1 0.8-1.2 (worst 5e-5; tests/test_physics_epg.py checks it against an
+# all-states NumPy EPG): the former fixed 64 states left CSF (T2 ~1750 ms) off by ~8e-3.
+_STATES_FOR_T2 = ((300.0, 64), (600.0, 128), (1100.0, 256))
 # Batches are padded up to a power of two at least this large (and cut into `chunk`-sized
 # pieces above), so only a handful of shapes are ever compiled.
 _MIN_BUCKET = 256
@@ -103,24 +112,61 @@ def _schedule_constants(schedule):
             jnp.float32(initial_mz), jnp.float32(delay))
 
 
+def exact_num_states(num_trs: int) -> int:
+    """The states that can reach the readout of an `num_trs`-shot train: N // 2 + 1 (at
+    least 2, which the state shift needs)."""
+    return max(num_trs // 2 + 1, 2)
+
+
+def states_needed(t2_ms, num_trs: int) -> np.ndarray:
+    """EPG states each tissue needs for 1e-4 of peak (int array, the shape of t2_ms)."""
+    t2 = np.asarray(t2_ms, np.float32)
+    exact = exact_num_states(num_trs)
+    needed = np.full(t2.shape, exact, np.int64)
+    for limit, states in reversed(_STATES_FOR_T2):
+        needed[t2 <= limit] = min(states, exact)
+    return needed
+
+
 def simulate_fisp(schedule: MRFSchedule, t1_ms, t2_ms, b1=1.0, *,
-                  num_states: int = DEFAULT_NUM_STATES, chunk: int = 2048) -> jnp.ndarray:
+                  num_states: int | str | None = DEFAULT_NUM_STATES,
+                  chunk: int = 2048) -> jnp.ndarray:
     """FISP-MRF fingerprints of tissues with the given T1, T2 (ms) and B1 (relative).
 
     t1_ms, t2_ms, b1 broadcast against each other to a shape S; the result is float32
     [*S, N] (N = schedule.num_trs): the real transverse signal F+(0) at TE of each shot for
     M0 = 1, signed (negative while the inverted magnetization has not recovered).
-    `num_states` EPG states are kept; higher ones are dropped. Only states that are refocused
-    back to k = 0 matter, so 64 states are exact to float32 for brain tissue on the default
-    1000-shot schedule and within 0.8% of the peak signal for CSF (T2 1750 ms), measured
-    against 400 states.
+    `num_states` EPG states are kept; higher ones are dropped. None (the default): each
+    tissue keeps the states its T2 needs for 1e-4 of its peak against every state
+    (`states_needed`; tissues are simulated in groups of equal count). "all": the exact
+    N // 2 + 1 for every tissue.
     Tissues are simulated `chunk` at a time.
+
+    Without B1 correction (a B1-free dictionary) a flip scaled by B1 < 1 matches as a longer
+    T2 and B1 > 1 as a shorter one (about +20% / -15% at B1 0.9 / 1.1 for brain tissue), T1
+    moves with B1 by 1-2% and PD with it by 5-8% (tests/test_physics_matching.py).
     """
     t1, t2, b1 = (np.asarray(a, np.float32) for a in np.broadcast_arrays(t1_ms, t2_ms, b1))
     shape = t1.shape
     t1, t2, b1 = t1.reshape(-1), t2.reshape(-1), b1.reshape(-1)
     if t1.size and (np.any(t1 <= 0) or np.any(t2 <= 0)):
         raise ValueError("T1 and T2 must be positive (ms)")
+    if num_states == "all":
+        num_states = exact_num_states(schedule.num_trs)
+    if num_states is None:
+        counts = states_needed(t2, schedule.num_trs)
+        out = np.empty((t1.size, schedule.num_trs), np.float32)
+        for count in np.unique(counts):
+            rows = np.nonzero(counts == count)[0]
+            out[rows] = np.asarray(_simulate_flat(schedule, t1[rows], t2[rows], b1[rows],
+                                                  int(count), chunk))
+        return jnp.asarray(out.reshape(shape + (schedule.num_trs,)))
+    return _simulate_flat(schedule, t1, t2, b1, int(num_states), chunk).reshape(
+        shape + (schedule.num_trs,))
+
+
+def _simulate_flat(schedule, t1, t2, b1, num_states, chunk):
+    """Fingerprints [B, N] of flat tissue arrays with a fixed state count."""
     constants = _schedule_constants(schedule)
     pieces = []
     for start in range(0, t1.size, chunk):
@@ -132,5 +178,5 @@ def simulate_fisp(schedule: MRFSchedule, t1_ms, t2_ms, b1=1.0, *,
         out = _fingerprints_batch(*padded, *constants, num_states=num_states)
         pieces.append(out[: stop - start])
     if not pieces:
-        return jnp.zeros(shape + (schedule.num_trs,), jnp.float32)
-    return jnp.concatenate(pieces).reshape(shape + (schedule.num_trs,))
+        return jnp.zeros((0, schedule.num_trs), jnp.float32)
+    return jnp.concatenate(pieces)
