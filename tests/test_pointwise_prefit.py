@@ -4,6 +4,7 @@ first, once, and starts the first stage from it."""
 
 import json
 import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -14,6 +15,7 @@ from data_pipelines import input_pipeline
 from qsnet_jax import models
 from qsnet_jax.train import loop
 from workflow import train_eval
+from workflow.errors import UserError
 
 INPUTS = ("t1map", "t2map", "pdmap")
 TARGETS = ("t1w", "t2w", "t1flair", "t2flair", "swi")
@@ -98,6 +100,20 @@ def test_workflow_prefits_once_and_starts_the_first_stage_from_it(tiny_cohort, t
     capsys.readouterr()
     train_eval.run(config, str(tmp_path))  # a rerun finds both done
     assert "already trained" in capsys.readouterr().out
+    # The finished stages name their cohort; the same work dir on another cohort is refused
+    # (it would reuse models of other data), before anything is trained or written.
+    recorded = json.loads((prefit_dir / train_eval.STAGE_DONE).read_text())["cohort"]
+    assert recorded == os.path.abspath(tiny_cohort)
+    other = tmp_path.parent / "another_cohort"
+    other.mkdir()
+    (other / "manifest.csv").write_text((Path(tiny_cohort) / "manifest.csv").read_text())
+    config.data.cohort_dir = str(other)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for attempt in (lambda: train_eval.is_trained(config, str(tmp_path)),
+                    lambda: train_eval.run(config, str(tmp_path))):
+        with pytest.raises(UserError, match="was trained on the cohort .*tiny"):
+            attempt()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
 def test_prefit_is_skipped_without_a_per_voxel_path_or_with_init_from(tiny_cohort, tmp_path):

@@ -264,25 +264,33 @@ def mark_done(config: ml_collections.ConfigDict, stage_dir: str, result: loop.St
     if is_chief():
         io.write_json(os.path.join(stage_dir, STAGE_DONE), {
             "steps": result.steps, "best_score": result.best_score,
-            "best_metric": config.train.best_metric, "last_scores": result.last_scores})
+            "best_metric": config.train.best_metric, "last_scores": result.last_scores,
+            "cohort": cohorts.run_cohort_path(config)})
 
 
-def stage_done(stage_dir: str, steps: int) -> bool:
+def stage_done(stage_dir: str, steps: int, cohort: str | None = None) -> bool:
+    """Whether the stage finished `steps` steps. A stage finished on another cohort than
+    `cohort` (the run's: another folder, or a phantom cache of another preset, seed or cohort
+    format) is refused with a UserError: reusing it would score a model of other data."""
     path = os.path.join(stage_dir, STAGE_DONE)
     if not os.path.exists(path):
         return False
     with open(path) as f:
-        return json.load(f).get("steps") == steps
+        record = json.load(f)
+    trained_on = record.get("cohort")  # absent in runs made before it was recorded
+    if cohort and trained_on and os.path.normpath(trained_on) != os.path.normpath(cohort):
+        raise UserError(f"{stage_dir} was trained on the cohort {trained_on}, not on this "
+                        f"run's {cohort}: remove it or use another --workdir")
+    return record.get("steps") == steps
 
 
 def is_trained(config: ml_collections.ConfigDict, workdir: str) -> bool:
     """Whether every stage of `config` is finished in `workdir` (nothing left to train); the
     physics baseline has one fit, recorded in the last stage."""
-    if config.model.name == PHYSICS:
-        stage = config.stages[-1]
-        return stage_done(os.path.join(workdir, stage), int(config[stage].steps))
-    return all(stage_done(os.path.join(workdir, stage), int(config[stage].steps))
-               for stage in config.stages)
+    cohort = cohorts.run_cohort_path(config)
+    stages = config.stages[-1:] if config.model.name == PHYSICS else config.stages
+    return all(stage_done(os.path.join(workdir, stage), int(config[stage].steps), cohort)
+               for stage in stages)
 
 
 def evaluate_stage(config, stage_dir: str, split: str, cohort_dir: str, *, final: bool = True):
@@ -348,7 +356,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, make_parents: bool =
     for index, stage in enumerate(config.stages):
         stage_config = config[stage]
         stage_dir = os.path.join(workdir, stage)
-        if stage_done(stage_dir, int(stage_config.steps)):
+        if stage_done(stage_dir, int(stage_config.steps), cohort_dir):
             print(f"[{stage}] already trained to {stage_config.steps} steps in {stage_dir}; "
                   "skipped", flush=True)
             continue
@@ -434,7 +442,7 @@ def prefit_pointwise_path(config: ml_collections.ConfigDict, workdir: str,
         return None
     stage_dir = os.path.join(workdir, PREFIT_STAGE)
     steps = int(mlp_config[PREFIT_STAGE].steps)
-    if stage_done(stage_dir, steps):
+    if stage_done(stage_dir, steps, cohort_dir):
         print(f"[{PREFIT_STAGE}] per-voxel MLP already trained to {steps} steps in "
               f"{stage_dir}; reused", flush=True)
     else:
@@ -469,7 +477,7 @@ def print_outputs(config, workdir: str) -> None:
 def _run_physics(config, workdir: str, cohort_dir: str):
     stage = config.stages[-1]
     stage_dir = os.path.join(workdir, stage)
-    if stage_done(stage_dir, int(config[stage].steps)):
+    if stage_done(stage_dir, int(config[stage].steps), cohort_dir):
         print(f"[{stage}] physics baseline already fitted in {stage_dir}; skipped", flush=True)
         return []
     fit_physics(config, workdir, cohort_dir)
@@ -478,6 +486,7 @@ def _run_physics(config, workdir: str, cohort_dir: str):
     if is_chief():
         io.write_json(os.path.join(stage_dir, STAGE_DONE), {
             "steps": int(config[stage].steps), "fit": "closed-form", "best_score": None,
+            "cohort": cohort_dir,
             "best_metric": config.train.best_metric, "last_scores": {}})
         print_outputs(config, workdir)
     return []
