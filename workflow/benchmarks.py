@@ -88,7 +88,8 @@ def time_conv_layer(spec: str, *, batch: int, repeats: int) -> dict:
         args = (x, w) if name == "forward" else (x, w, g)
         seconds = _median_seconds(lambda fn=fn, args=args: fn(*args), repeats)
         record[name] = {"ms": round(seconds * 1e3, 2),
-                        "gflop_per_sec": round(gflop / seconds, 1)}
+                        # 3 significant digits: a small layer's rate can be < 0.05
+                        "gflop_per_sec": float(f"{gflop / seconds:.3g}")}
     return record
 
 
