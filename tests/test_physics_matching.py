@@ -113,22 +113,25 @@ def test_partial_volume_csf_gm_gives_bright_flair_rim(dictionary, tissue_fingerp
     assert synthetic > 1.2 * true_mixture and synthetic > pure[gm]
 
 
-@pytest.mark.parametrize("score_elements", [1 << 22, 1 << 12])
-def test_best_entry_is_the_brute_force_argmax(dictionary, monkeypatch, score_elements):
-    # Independent reference: every score in float64 with NumPy, complex magnitude, argmax.
-    # The scan's group size follows _MAX_SCORE_ELEMENTS; 2^12 cuts the atoms into groups of
-    # one 128-atom sub-block, so the best must be carried across many scan steps.
-    from qsnet_jax.physics import dictionary as dictionary_module
-
-    monkeypatch.setattr(dictionary_module, "_MAX_SCORE_ELEMENTS", score_elements)
+@pytest.mark.parametrize("kind", ["complex", "real"])
+def test_best_entry_is_the_brute_force_argmax(dictionary, kind):
+    # Independent reference: every score in float64 with NumPy (the complex magnitude, or
+    # the signed product for real fingerprints), argmax. The search scans 128-atom
+    # sub-blocks, so the best must be carried across many scan steps; the dictionary's size
+    # is not a multiple of 128 (padding) and 500 fingerprints make a padded second chunk.
+    assert dictionary.num_entries % 128
     rng = np.random.default_rng(3)
     rows = rng.integers(0, dictionary.num_entries, 500)
     clean = dictionary.atoms[rows] * rng.uniform(0.5, 2.0, (500, 1))
-    noisy = (clean + rng.normal(0, 0.03, clean.shape)
-             + 1j * rng.normal(0, 0.03, clean.shape)).astype(np.complex64)
-    maps = match(dictionary, noisy, chunk=256, refine=False)  # group size keys the cache
+    noisy = clean + rng.normal(0, 0.03, clean.shape)
+    if kind == "complex":
+        noisy = (noisy + 1j * rng.normal(0, 0.03, clean.shape)).astype(np.complex64)
+    else:
+        noisy = (noisy * rng.choice([-1.0, 1.0], (500, 1))).astype(np.float32)
+    maps = match(dictionary, noisy, chunk=256, refine=False)
     atoms = dictionary.atoms.astype(np.float64)
-    scores = np.abs(noisy.astype(np.complex128) @ atoms.T)
+    scores = noisy.astype(np.complex128 if kind == "complex" else np.float64) @ atoms.T
+    scores = np.abs(scores) if kind == "complex" else scores
     top2 = np.sort(scores, axis=1)[:, -2:]
     # Neighbouring atoms of a 3% grid score alike: compare where float32 rounding (~1e-7
     # relative) cannot swap the two best.
