@@ -25,8 +25,10 @@ external_test) instead of the GBM test split (gbm_test):
       --workdir=/tmp/input_paradigms_tiny
 
 At the bench size (10 GBM test subjects at site A, 12 external subjects at site B) the six
-variants took 55 min on a quiet 2-core CPU with `:bench,site_b`; scoring the same trained
-variants at site A with `:bench` took 35 s more (README, Input paradigms).
+variants took 92 min with `:bench,site_b` on a 2-core Intel Xeon (Ice Lake) from an empty
+cache (the bench cohort 18 min of it), not quiet; an earlier version took 55 min on a quiet
+2-core Xeon with the cohort built. Scoring the same trained variants at site A with `:bench`
+took 32 s more (README, Input paradigms).
 
 The variants train identically for both splits: copying the finished variant folders of one
 work dir into the other's reuses them (only the evaluation and WORKDIR/comparison/ are new).
