@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 
@@ -107,9 +106,10 @@ def main():
     parser.add_argument("--jobs", type=int, default=None)
     args = parser.parse_args()
     from data_pipelines.phantom import writer
+    from qsnet_jax import benchmarking
 
     jobs = args.jobs or writer.available_cores()
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cpus (shared)", "jobs": jobs}
+    result = {"machine": benchmarking.machine(), "jobs": jobs}
     if not args.skip_quick:
         result.update(bench_quick(jobs))
         result["quick_target_seconds"] = 180

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from qsnet_jax import benchmarking
 from workflow import benchmarks
 
 
@@ -18,8 +19,8 @@ def main():
     parser.add_argument("--num_trs", type=int, default=1000)
     parser.add_argument("--voxels", type=int, default=262144)
     args = parser.parse_args()
-    print(json.dumps(benchmarks.bench_physics(num_trs=args.num_trs, voxels=args.voxels),
-                     indent=1))
+    result = benchmarks.bench_physics(num_trs=args.num_trs, voxels=args.voxels)
+    print(json.dumps({"machine": benchmarking.machine(), **result}, indent=1))
 
 
 if __name__ == "__main__":

@@ -70,7 +70,8 @@ def main(argv):
     for record in jax_records:
         record["share_of_matmul_rate"] = round(
             record["step_gflop_per_sec"] * 1e9 / matmul_rate, 3)
-    print(json.dumps({"jax": jax_records, "torch": torch_records,
+    print(json.dumps({"machine": benchmarking.machine(),
+                      "jax": jax_records, "torch": torch_records,
                       f"matmul_{FLAGS.matmul_size}_gflop_per_sec": round(matmul_rate / 1e9, 1),
                       **benchmarking.comparison(jax_records, torch_records)}, indent=2))
 

@@ -8,6 +8,8 @@ Used by `experiments/bench_train.py`; numbers and how to read them: docs/design.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
 import time
 
@@ -21,6 +23,35 @@ from qsnet_jax.train import loop, optim
 from qsnet_jax.train import mesh as mesh_lib
 from qsnet_jax.train import steps as steps_lib
 from qsnet_jax.train.state import init_train_state
+
+# Instruction-set extensions that change what a CPU benchmark means (matmul and convolution
+# kernels differ with them), in the spelling of /proc/cpuinfo's flags.
+_ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_from_cpuinfo(text: str) -> dict:
+    """The first processor's ``model name`` and its ``_ISA_FLAGS`` from /proc/cpuinfo text."""
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return {"cpu": model, "isa": [flag for flag in _ISA_FLAGS if flag in flags]}
+
+
+def machine() -> dict:
+    """What a benchmark ran on: CPU model, ISA extensions, cores (the JSON's ``machine``), so
+    that figures taken on different machines are not compared as if they were one."""
+    description = {"cpu": platform.processor() or platform.machine(), "isa": []}
+    try:
+        with open("/proc/cpuinfo") as f:
+            description.update({k: v for k, v in cpu_from_cpuinfo(f.read()).items() if v})
+    except OSError:  # not Linux
+        pass
+    return {**description, "cores": os.cpu_count(), "arch": platform.machine()}
 
 
 def flops_of(compiled) -> float:

@@ -50,3 +50,26 @@ def test_the_command_refuses_a_bad_layer_in_one_line(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "192x224x32" in err[0]
+
+
+# Two processors of a real /proc/cpuinfo, abridged (a Sapphire Rapids Xeon with AMX).
+_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
+flags\t\t: fpu vme sse2 avx avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile amx_int8
+
+processor\t: 1
+model name\t: Other
+flags\t\t: fpu
+"""
+
+
+def test_benchmarks_name_the_cpu_and_its_matmul_extensions():
+    from qsnet_jax import benchmarking
+
+    parsed = benchmarking.cpu_from_cpuinfo(_CPUINFO)
+    assert parsed == {"cpu": "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz",
+                      "isa": ["avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]}
+    assert benchmarking.cpu_from_cpuinfo("processor\t: 0\n") == {"cpu": "", "isa": []}
+    here = benchmarking.machine()
+    assert here["cores"] >= 1 and here["cpu"] and isinstance(here["isa"], list)
