@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import bench_conv
+from qsnet_jax import benchmarking
 from qsnet_jax.benchmarking import flops_of
 from workflow import benchmarks
 
@@ -65,8 +66,6 @@ flags\t\t: fpu
 
 
 def test_benchmarks_name_the_cpu_and_its_matmul_extensions():
-    from qsnet_jax import benchmarking
-
     parsed = benchmarking.cpu_from_cpuinfo(_CPUINFO)
     assert parsed == {"cpu": "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz",
                       "isa": ["avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]}

@@ -142,20 +142,13 @@ def build_dictionary(schedule: MRFSchedule, t1_ms, t2_ms, b1=None, *, rank: int 
 _SUB_BLOCK = 128
 
 
-def _scores(compressed, atoms):
-    """Inner products of fingerprints [c, k] or [c, 2, k] with atoms [E, k] -> [c, E].
+def _block_scores(columns, atoms):
+    """Inner products of atoms [S, k] with fingerprints as columns [k, c] or [2, k, c]
+    (real, imaginary parts) -> [S, c].
 
     Real fingerprints use the signed product (the sign of an inverted train is information);
-    complex ones (real, imaginary parts) its magnitude (the receive phase is arbitrary).
+    complex ones its magnitude (the receive phase is arbitrary).
     """
-    if compressed.ndim == 2:
-        return compressed @ atoms.T
-    return jnp.hypot(compressed[:, 0] @ atoms.T, compressed[:, 1] @ atoms.T)
-
-
-def _block_scores(columns, atoms):
-    """`_scores` transposed: atoms [S, k] with fingerprints as columns [k, c] or
-    [2, k, c] -> [S, c]."""
     if columns.ndim == 2:
         return atoms @ columns
     return jnp.hypot(atoms @ columns[0], atoms @ columns[1])
@@ -168,7 +161,7 @@ def _best_entries(compressed, atom_blocks, bias_blocks):
     atom_blocks [nb, S, k] and bias_blocks [nb, S] (-inf on padding), S = _SUB_BLOCK, are
     scanned so that only [S, c] scores exist at a time.
     """
-    num_blocks, _, rank = atom_blocks.shape
+    num_blocks = atom_blocks.shape[0]
     columns = jnp.moveaxis(compressed, 0, -1)  # fingerprints as columns: [k, c] or [2, k, c]
 
     def step(carry, xs):
@@ -183,13 +176,7 @@ def _best_entries(compressed, atom_blocks, bias_blocks):
     indices = jnp.arange(num_blocks, dtype=jnp.int32)
     (_, block), _ = jax.lax.scan(step, init, (atom_blocks, bias_blocks, indices))
     # Refine inside each fingerprint's winning sub-block.
-    sub_atoms = atom_blocks[block]  # [c, S, k]
-    if compressed.ndim == 2:
-        sub = jnp.einsum("ck,csk->cs", compressed, sub_atoms)
-    else:
-        sub = jnp.hypot(jnp.einsum("ck,csk->cs", compressed[:, 0], sub_atoms),
-                        jnp.einsum("ck,csk->cs", compressed[:, 1], sub_atoms))
-    sub = sub + bias_blocks[block]
+    sub = _scores_with(compressed, atom_blocks[block]) + bias_blocks[block]  # [c, S]
     within = jnp.argmax(sub, axis=1)
     return jnp.max(sub, axis=1), block * _SUB_BLOCK + within
 
@@ -394,7 +381,8 @@ def _refine(compressed, best_index, neighbours, atoms, log_norms, log_t1, log_t2
 
 
 def _scores_with(compressed, atoms):
-    """Inner products of fingerprints [c, k] or [c, 2, k] with their own atoms [c, n, k]."""
+    """Inner products of fingerprints [c, k] or [c, 2, k] with their own atoms [c, n, k]
+    (signed for real fingerprints, the magnitude for complex ones, as `_block_scores`)."""
     if compressed.ndim == 2:
         return jnp.einsum("ck,cnk->cn", compressed, atoms)
     return jnp.hypot(jnp.einsum("ck,cnk->cn", compressed[:, 0], atoms),
