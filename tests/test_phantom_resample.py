@@ -66,3 +66,27 @@ def test_on_grid_equals_map_coordinates_on_the_mesh(order, mode):
     got = resample.on_grid(lattice, axes, order=order, mode=mode)
     assert got.shape == (23, 31, 6) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+
+
+def test_on_grid_skips_only_an_axis_sampled_at_its_own_points_and_returns_c_order():
+    # The fine grid keeps the acquisition's slices: that axis is an identity and is skipped;
+    # an axis of as many points that are not the samples must still be interpolated.
+    rng = np.random.default_rng(3)
+    lattice = rng.standard_normal((8, 10, 6))
+    for last_axis in (np.arange(6.0), np.arange(6.0) + 0.5):
+        axes = [np.linspace(0.0, 7.0, 15), np.linspace(0.5, 9.0, 19), last_axis]
+        mesh = np.meshgrid(*axes, indexing="ij")
+        expected = ndimage.map_coordinates(lattice, mesh, order=1, prefilter=False,
+                                           mode="nearest")
+        got = resample.on_grid(lattice, axes, order=1, mode="nearest")
+        np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+        assert got.flags.c_contiguous  # a later ravel is a view, not a transposing copy
+
+
+def test_stack_of_fortran_order_volumes_is_c_order():
+    # NIfTI volumes load in Fortran order; the table is flattened on every trilinear call.
+    volumes = [np.asfortranarray(np.arange(60, dtype=np.float32).reshape(3, 4, 5) * k)
+               for k in (1, 2)]
+    table = resample.stack(volumes)
+    assert table.flags.c_contiguous
+    np.testing.assert_array_equal(table[..., 1], volumes[1])

@@ -33,7 +33,10 @@ def stack(volumes) -> np.ndarray:
     if len(shapes) != 1 or min(next(iter(shapes))) < 2 or len(next(iter(shapes))) != 3:
         raise ValueError(f"trilinear needs 3-D volumes of one shape, >= 2 per axis: "
                          f"{[np.shape(v) for v in volumes]}")
-    return np.stack([np.asarray(v, np.float32) for v in volumes], axis=-1)
+    # np.stack keeps its inputs' memory order, and NIfTI volumes load in Fortran order:
+    # without the C copy here, every `trilinear` call copies the whole table to flatten it.
+    return np.ascontiguousarray(np.stack([np.asarray(v, np.float32) for v in volumes],
+                                         axis=-1))
 
 
 def trilinear(table, coords) -> list:
@@ -103,5 +106,9 @@ def on_grid(volume, positions, *, order: int, mode: str) -> np.ndarray:
     out = np.asarray(volume, np.float64)
     for axis, axis_positions in enumerate(positions):
         weights = axis_weights(volume.shape[axis], axis_positions, order=order, mode=mode)
+        if weights.shape[0] == weights.shape[1] and np.array_equal(weights, np.eye(len(weights))):
+            continue  # the positions are the samples (the fine grid's slices): a no-op
         out = np.moveaxis(np.tensordot(weights, out, axes=([1], [axis])), 0, axis)
-    return out.astype(np.float32)
+    # C order: the moved axes leave Z outermost in memory, and every array computed from a
+    # non-contiguous grid inherits that layout (each later `ravel` is then a full copy).
+    return np.ascontiguousarray(out, dtype=np.float32)

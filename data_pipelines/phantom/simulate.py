@@ -313,12 +313,12 @@ def tissue_model(coords, affine, template, veins, sharp):
 def add_lesion(frac, spec, brain, affine):
     """Replace tissue by tumor compartments (in place), then turn parenchyma into edema."""
     tumor = lesion.tumor_fractions(spec, brain.shape, affine)
-    occupied = np.minimum(sum(tumor.values()), brain)
+    total = sum(tumor.values())
+    occupied = np.minimum(total, brain)
     keep = 1.0 - occupied / np.maximum(brain, 1e-6)
     for name in tissues.HEALTHY_TISSUES:
         frac[name] *= keep
-    scale = np.where(sum(tumor.values()) > 0, occupied / np.maximum(sum(tumor.values()),
-                                                                    1e-6), 0.0)
+    scale = np.where(total > 0, occupied / np.maximum(total, 1e-6), 0.0)
     for name, f in tumor.items():
         frac[name] = (f * scale).astype(np.float32)
     # Edema is smooth: its geodesic spread is computed on the acquisition grid.
