@@ -1,5 +1,6 @@
 """The entry point's contract: bad input gives one clear line and exit code 2."""
 
+import json
 import os
 import subprocess
 import sys
@@ -88,3 +89,24 @@ def test_physics_is_fitted_into_the_default_workdir(tmp_path, tiny_cohort):
                     "--split=healthy_test")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Model `physics`, split `healthy_test`" in result.stdout
+    # --uncertainty scores another interval method beside the run's own: the run's intervals
+    # and report stay byte for byte; a constant sigma gives intervals of one width, 2 q
+    own = {path: path.read_bytes() for path in (
+        workdir / "finetune" / "uncertainty" / "calibration.json",
+        report, report.parent / "metrics.json")}
+    result = run_in(tmp_path, "experiments.evaluate", f"--workdir={workdir}",
+                    "--split=gbm_test", "--uncertainty=constant")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert all(path.read_bytes() == data for path, data in own.items())
+    fitted = json.loads((workdir / "finetune" / "uncertainty-constant" /
+                         "calibration.json").read_text())
+    scored = json.loads((workdir / "finetune" / "eval" / "gbm_test-uncertainty-constant" /
+                         "metrics.json").read_text())
+    assert fitted["method"] == "constant" and scored["uncertainty"]["method"] == "constant"
+    for per_contrast in scored["uncertainty"]["per_subject"].values():
+        for name, row in per_contrast.items():
+            assert row["width"] == pytest.approx(200 * fitted["quantiles"][name], rel=1e-5)
+    result = run_in(tmp_path, "experiments.evaluate", f"--workdir={workdir}",
+                    "--uncertainty=ensemble")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "invalid choice: 'ensemble'" in result.stderr

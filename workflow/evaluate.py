@@ -44,8 +44,12 @@ EVAL_DIR = "eval"
 def evaluate_run(config, stage_dir: str, split: str | None = None, *,
                  cohort_dir: str | None = None, model=None,
                  subjects: Sequence[str] | None = None, stream=sys.stderr,
-                 predict_fn: Callable | None = None) -> dict:
-    """Synthesize and score every subject of ``split``; write STAGE_DIR/eval/<split>/.
+                 predict_fn: Callable | None = None,
+                 uncertainty_folder: str = uncertainty.UNCERTAINTY_DIR,
+                 eval_suffix: str = "") -> dict:
+    """Synthesize and score every subject of ``split``; write
+    STAGE_DIR/eval/<split><eval_suffix>/ (the suffix names another uncertainty method,
+    ``uncertainty.method_override``, fitted into STAGE_DIR/<uncertainty_folder>/).
 
     ``config``: the run's config (its data section says the inputs, targets, context slices
     and cohort; ``eval`` the batch size, figure count and EMA choice). The generator is the
@@ -68,11 +72,12 @@ def evaluate_run(config, stage_dir: str, split: str | None = None, *,
     predict_fn = predict_fn or inference.make_predict_fn(module, variables)
     num_figures = int(config.eval.num_figure_subjects)
 
-    out_dir = os.path.join(stage_dir, EVAL_DIR, split)
+    out_dir = os.path.join(stage_dir, EVAL_DIR, split + eval_suffix)
     levels, rescale_note = rescale.rescale_for(config, stage_dir, predict_fn, root,
                                                stream=stream)
     unc_model, unc_note = uncertainty.uncertainty_for(config, stage_dir, predict_fn, root,
-                                                      levels=levels, stream=stream)
+                                                      levels=levels, stream=stream,
+                                                      folder=uncertainty_folder)
     segment_fn, seg_meta = None, None
     if uncertainty.enabled(config, "segmentation"):
         segment_fn, seg_meta = uncertainty.fit_or_load_segmenter(
@@ -189,9 +194,11 @@ def last_stage(workdir: str) -> str:
 
 
 def evaluate_workdir(workdir: str, *, split: str = "", stage: str = "", cohort_dir: str = "",
-                     subjects: Sequence[str] = (), use_ema: bool = True) -> dict:
+                     subjects: Sequence[str] = (), use_ema: bool = True,
+                     uncertainty_method: str = "") -> dict:
     """What `experiments.evaluate` does: evaluate a work dir's stage (default: its last)
-    with the config it was trained with."""
+    with the config it was trained with; ``uncertainty_method`` scores the intervals of
+    another method beside the run's own (``uncertainty.method_override``)."""
     workdir = os.path.abspath(os.path.expanduser(workdir))
     if not os.path.isdir(workdir):
         raise UserError(f"{workdir}: no such work dir")
@@ -203,5 +210,9 @@ def evaluate_workdir(workdir: str, *, split: str = "", stage: str = "", cohort_d
         raise UserError(f"{workdir}: no stage {stage!r}")
     config, module, variables = synthesize.load_model(stage_dir, use_ema=use_ema)
     config.eval.use_ema = use_ema
+    folder, suffix = uncertainty.UNCERTAINTY_DIR, ""
+    if uncertainty_method:
+        folder, suffix = uncertainty.method_override(config, uncertainty_method)
     return evaluate_run(config, stage_dir, split or None, cohort_dir=cohort_dir or None,
-                        model=(module, variables), subjects=list(subjects))
+                        model=(module, variables), subjects=list(subjects),
+                        uncertainty_folder=folder, eval_suffix=suffix)

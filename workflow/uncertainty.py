@@ -198,9 +198,10 @@ def has_split(root: str, split: str) -> bool:
 
 
 def fit_uncertainty(config, stage_dir: str, predict_fn: Callable, root: str, *,
-                    levels=None, stream=sys.stderr) -> UncertaintyModel:
+                    levels=None, stream=sys.stderr,
+                    folder: str = UNCERTAINTY_DIR) -> UncertaintyModel:
     """Fit the scale estimate and calibrate it on the synthesis rescaled to ``levels``
-    (workflow.rescale; None: not rescaled); write STAGE_DIR/uncertainty/ (replacing it)."""
+    (workflow.rescale; None: not rescaled); write STAGE_DIR/<folder>/ (replacing it)."""
     settings = section(config, "uncertainty")
     method = str(settings.method)
     level = float(settings.level)
@@ -260,7 +261,7 @@ def fit_uncertainty(config, stage_dir: str, predict_fn: Callable, root: str, *,
              "calibration_subjects": names, "calibration_voxels": calibration["num_voxels"],
              "held_out_coverage": calibration.get("held_out_coverage"),
              "target_channels": list(targets), "convention": unc.CONVENTION}
-    with io.staged_dir(os.path.join(stage_dir, UNCERTAINTY_DIR), if_exists="replace") as out:
+    with io.staged_dir(os.path.join(stage_dir, folder), if_exists="replace") as out:
         if state is not None:
             io.write_bytes(os.path.join(out, SCALE_NET_FILE), state["params"])
         io.write_json(os.path.join(out, CALIBRATION_FILE), meta)
@@ -269,9 +270,9 @@ def fit_uncertainty(config, stage_dir: str, predict_fn: Callable, root: str, *,
                             levels=levels)
 
 
-def load_uncertainty(stage_dir: str) -> UncertaintyModel | None:
-    """The fitted uncertainty of a stage, or None when it has none."""
-    folder = os.path.join(stage_dir, UNCERTAINTY_DIR)
+def load_uncertainty(stage_dir: str, folder: str = UNCERTAINTY_DIR) -> UncertaintyModel | None:
+    """The fitted uncertainty of a stage (in STAGE_DIR/<folder>/), or None when it has none."""
+    folder = os.path.join(stage_dir, folder)
     path = os.path.join(folder, CALIBRATION_FILE)
     if not os.path.isfile(path):
         return None
@@ -309,16 +310,17 @@ def stage_uncertainty(model_path: str):
 
 
 def uncertainty_for(config, stage_dir: str, predict_fn: Callable, root: str, *,
-                    levels=None, stream=sys.stderr) -> tuple[UncertaintyModel | None, str]:
-    """The stage's uncertainty (fitted on first use when the config asks for it, and again
-    when the synthesis it was calibrated on was rescaled otherwise than ``levels`` say), and
-    a note saying why there is none."""
+                    levels=None, stream=sys.stderr,
+                    folder: str = UNCERTAINTY_DIR) -> tuple[UncertaintyModel | None, str]:
+    """The stage's uncertainty in STAGE_DIR/<folder>/ (fitted on first use when the config
+    asks for it, and again when the synthesis it was calibrated on was rescaled otherwise
+    than ``levels`` say), and a note saying why there is none."""
     settings = section(config, "uncertainty")
     if settings is None:
         return None, "no uncertainty: the run's config has no uncertainty section"
     if not bool(settings.enabled):
         return None, "uncertainty off (config.uncertainty.enabled = False)"
-    model = load_uncertainty(stage_dir)
+    model = load_uncertainty(stage_dir, folder)
     if model is not None and _fitted_for(model, config, stage_dir, root, levels):
         return model, ""
     split = str(settings.calibration_split)
@@ -326,7 +328,26 @@ def uncertainty_for(config, stage_dir: str, predict_fn: Callable, root: str, *,
         return None, (f"no uncertainty: the cohort has no calibration split {split!r} "
                       "(config.uncertainty.calibration_split)")
     return fit_uncertainty(config, stage_dir, predict_fn, root, levels=levels,
-                           stream=stream), ""
+                           stream=stream, folder=folder), ""
+
+
+def method_override(config, method: str) -> tuple[str, str]:
+    """``(uncertainty folder, eval folder suffix)`` for scoring a trained run with another
+    uncertainty ``method`` than its config's (``experiments.evaluate --uncertainty``), and
+    ``config.uncertainty`` set to it. Another method fits beside the run's own
+    (STAGE_DIR/uncertainty-<method>/, scores in eval/<split>-uncertainty-<method>/), so the
+    intervals that ``synthesize`` writes and the run's report stay as they were."""
+    if method not in unc.METHODS:
+        raise UserError(f"--uncertainty {method!r}: use one of {list(unc.METHODS)}")
+    settings = section(config, "uncertainty")
+    if settings is None:
+        raise UserError("--uncertainty: the run's config has no uncertainty section (it "
+                        "predates per-voxel intervals)")
+    settings.enabled = True
+    if method == str(settings.method):
+        return UNCERTAINTY_DIR, ""
+    settings.method = method
+    return f"{UNCERTAINTY_DIR}-{method}", f"-{UNCERTAINTY_DIR}-{method}"
 
 
 def _fitted_for(model: UncertaintyModel, config, stage_dir: str, root: str, levels) -> bool:
