@@ -103,12 +103,14 @@ def score_rows(per_subject: Mapping[str, Mapping[str, Mapping[str, float]]],
 
 
 def format_mean_std(mean: float, std: float, metric: str) -> str:
-    """``mean ± std`` at the metric's decimals; None (NaN read back from JSON) counts as NaN."""
+    """``mean ± std`` at the metric's decimals; None (NaN read back from JSON) counts as NaN.
+    An undefined mean (the Spearman of a constant interval width, a region no subject has)
+    is shown as "–", as the tables show every missing value."""
     mean = float("nan") if mean is None else mean
     std = float("nan") if std is None else std
     decimals = METRIC_DECIMALS.get(metric, 3)
     if not math.isfinite(mean):
-        return str(mean)
+        return "–"
     if not math.isfinite(std):
         return f"{mean:.{decimals}f}"
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}"

@@ -130,6 +130,14 @@ def test_jsonable_replaces_non_finite():
                                 "b": float("nan")}) == {"a": [None, 1.5, 2], "b": None}
 
 
+def test_mean_std_cells_show_an_undefined_mean_as_a_dash():
+    # a constant interval width has no Spearman correlation: NaN in memory, None in JSON
+    assert evaluation.format_mean_std(float("nan"), float("nan"), "spearman") == "–"
+    assert evaluation.format_mean_std(None, None, "spearman") == "–"
+    assert evaluation.format_mean_std(0.25, None, "ssim") == "0.250"
+    assert evaluation.format_mean_std(4.123, 0.456, "mae") == "4.12 ± 0.46"
+
+
 def _volumes():
     rng = np.random.default_rng(0)
     shape = (40, 48, 10)
