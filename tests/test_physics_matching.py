@@ -83,9 +83,13 @@ def test_compressed_complex_chunked_and_background(dictionary, tissue_fingerprin
     compressed = match(dictionary, dictionary.compress(fingerprints))
     phase = np.exp(1j * np.array([0.3, -2.0, 1.2]))[:, None]
     rotated = match(dictionary, fingerprints * phase)  # arbitrary receive phase
+    # The same entry must win (a neighbour is a 3% step away); the value read between
+    # entries is the vertex through scores within ~1e-5 of each other, which float32 rounding
+    # moves by up to ~2e-4 relative (1.9e-4 for a T1 on an AVX2-only AMD EPYC, under 1e-4 on
+    # AVX-512 CPUs): 1e-3 tells rounding from a wrong entry.
     for maps in (compressed, rotated):
         for name in ("t1_ms", "t2_ms", "pd"):
-            np.testing.assert_allclose(maps[name], reference[name], rtol=1e-4)
+            np.testing.assert_allclose(maps[name], reference[name], rtol=1e-3)
     stacked = np.concatenate([fingerprints, np.zeros_like(fingerprints[:1])] * 200)
     chunked = match(dictionary, stacked, chunk=256)
     np.testing.assert_array_equal(chunked["t1_ms"][:3], reference["t1_ms"])
