@@ -597,3 +597,26 @@ def test_calibration_leaves_out_the_subjects_that_chose_the_checkpoint(tmp_path)
     # nor does a stage that validates elsewhere
     config.finetune.validation_split = "gbm_test"
     assert wu.selection_subjects(config, "finetune", str(root), "gbm_calib") == []
+
+
+def test_another_method_is_fitted_and_scored_beside_the_runs_own():
+    from configs import default
+    from workflow import uncertainty as wu
+    from workflow.errors import UserError
+
+    config = default.get_config("tiny")
+    assert config.uncertainty.enabled and config.uncertainty.method == "residual_net"
+    assert wu.method_override(config, "residual_net") == ("uncertainty", "")
+    assert wu.method_override(config, "flip") == ("uncertainty-flip", "-uncertainty-flip")
+    assert config.uncertainty.method == "flip"
+    # a run trained without intervals: even its config's method goes beside its report
+    config = default.get_config("tiny")
+    config.uncertainty.enabled = False
+    assert wu.method_override(config, "residual_net") == (
+        "uncertainty-residual_net", "-uncertainty-residual_net")
+    assert config.uncertainty.enabled
+    with pytest.raises(UserError, match="use one of"):
+        wu.method_override(config, "ensemble")
+    del config.uncertainty
+    with pytest.raises(UserError, match="no uncertainty section"):
+        wu.method_override(config, "flip")

@@ -343,9 +343,9 @@ def method_override(config, method: str) -> tuple[str, str]:
     if settings is None:
         raise UserError("--uncertainty: the run's config has no uncertainty section (it "
                         "predates per-voxel intervals)")
-    settings.enabled = True
-    if method == str(settings.method):
-        return UNCERTAINTY_DIR, ""
+    if bool(settings.enabled) and method == str(settings.method):
+        return UNCERTAINTY_DIR, ""  # the run's own intervals
+    settings.enabled = True  # a run trained without intervals gets them beside its report
     settings.method = method
     return f"{UNCERTAINTY_DIR}-{method}", f"-{UNCERTAINTY_DIR}-{method}"
 
