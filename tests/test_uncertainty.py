@@ -620,3 +620,8 @@ def test_another_method_is_fitted_and_scored_beside_the_runs_own():
     del config.uncertainty
     with pytest.raises(UserError, match="no uncertainty section"):
         wu.method_override(config, "flip")
+    # the CLI spells the methods without importing JAX: the two lists must not drift apart
+    from experiments import evaluate as evaluate_cli
+    from qsnet_jax import uncertainty as unc
+
+    assert evaluate_cli.UNCERTAINTY_METHODS == unc.METHODS
