@@ -259,13 +259,20 @@ def write_training_curves(config: ml_collections.ConfigDict, workdir: str):
     io.write_bytes(os.path.join(workdir, TRAINING_CURVES), figures.png_bytes(fig))
 
 
-def mark_done(config: ml_collections.ConfigDict, stage_dir: str, result: loop.StageResult):
-    """Write the stage's done.json (what makes a rerun skip it)."""
+def mark_done(config: ml_collections.ConfigDict, stage_dir: str, *, steps: int,
+              best_score: float | None = None, last_scores: dict | None = None, **extra):
+    """Write the stage's done.json (what makes a rerun skip it; `extra` fields beside): the
+    steps, the best validation score, the cohort it was trained on."""
     if is_chief():
         io.write_json(os.path.join(stage_dir, STAGE_DONE), {
-            "steps": result.steps, "best_score": result.best_score,
-            "best_metric": config.train.best_metric, "last_scores": result.last_scores,
+            "steps": steps, **extra, "best_score": best_score,
+            "best_metric": config.train.best_metric, "last_scores": last_scores or {},
             "cohort": cohorts.run_cohort_path(config)})
+
+
+def mark_trained(config: ml_collections.ConfigDict, result: loop.StageResult):
+    mark_done(config, result.stage_dir, steps=result.steps, best_score=result.best_score,
+              last_scores=result.last_scores)
 
 
 def stage_done(stage_dir: str, steps: int, cohort: str | None = None) -> bool:
@@ -372,7 +379,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, make_parents: bool =
         if config.eval.after_each_stage:
             evaluate_stage(config, stage_dir, stage_config.eval_split, cohort_dir,
                            final=index == len(config.stages) - 1)
-        mark_done(config, stage_dir, result)
+        mark_trained(config, result)
         results.append(result)
     if is_chief():
         write_training_curves(config, workdir)
@@ -448,9 +455,8 @@ def prefit_pointwise_path(config: ml_collections.ConfigDict, workdir: str,
     else:
         print(f"[{PREFIT_STAGE}] training the per-voxel path alone first ({steps} steps, "
               "config.pointwise_prefit)", flush=True)
-        mark_done(config, stage_dir, _train(
-            mlp_config, PREFIT_STAGE, stage_dir, cohort_dir, None,
-            voxel_stride=int(config.pointwise_prefit.voxel_stride)))
+        mark_trained(config, _train(mlp_config, PREFIT_STAGE, stage_dir, cohort_dir, None,
+                                    voxel_stride=int(config.pointwise_prefit.voxel_stride)))
     mlp_params = loop.final_generator_variables(stage_dir)["params"]
     generator = checkpoints.build_generator_from_config(models, config)
     in_channels = np.shape(mlp_params["hidden_0"]["kernel"])[2]
@@ -483,10 +489,7 @@ def _run_physics(config, workdir: str, cohort_dir: str):
     fit_physics(config, workdir, cohort_dir)
     if config.eval.after_each_stage:
         evaluate_stage(config, stage_dir, config[stage].eval_split, cohort_dir)
+    mark_done(config, stage_dir, steps=int(config[stage].steps), fit="closed-form")
     if is_chief():
-        io.write_json(os.path.join(stage_dir, STAGE_DONE), {
-            "steps": int(config[stage].steps), "fit": "closed-form", "best_score": None,
-            "cohort": cohort_dir,
-            "best_metric": config.train.best_metric, "last_scores": {}})
         print_outputs(config, workdir)
     return []
