@@ -11,9 +11,10 @@ Wilcoxon test of quantitative vs qualitative per architecture.
   python -m experiments.compare --config=configs/generalization.py:bench \
       --workdir=runs/generalization_bench
 
-The bench size (12 site-B subjects, 10 with GBM) took 125 min for the 8 variants on a
-2-core AMD EPYC, bench cohort build included, partly beside other work (QS-Net 19-26 min a
-variant, Res-UNet 13, pix2pix 12, Swin-UNet 10-11); README, Generalization at the bench size.
+The bench size (12 site-B subjects, 10 with GBM): about 2 hours for the 8 variants on a
+2-core CPU with the bench cohort built (QS-Net 17-20 min a variant, Res-UNet 14-17, pix2pix
+16, Swin-UNet 12-17, measured on a 2-core AMD EPYC Zen 3 and an Ice Lake Xeon); the bench
+cohort takes 8-9 min more the first time; README, Generalization at the bench size.
 """
 
 import ml_collections
