@@ -25,7 +25,7 @@ own, since a study trains many variants: `tiny` is smaller than configs/default.
 per site: raw Wilcoxon p down to 0.002, Holm-adjusted down to 0.0195 over 10 comparisons;
 the six variants took 51 min on a 2-core CPU, QS-Net 13.5 of them; README, Studies; QS-Net
 and Res-UNet alone with --config.study.seeds="(1,)" took 33 min from an empty cache on a
-quiet 2-core AMD EPYC Zen 4: the cohort 5.3, QS-Net 16.3, Res-UNet 11.6; so seeds (0,1,2)
+(nearly) quiet 2-core AMD EPYC Zen 4: the cohort 5.3, QS-Net 16.3, Res-UNet 11.6; so seeds (0,1,2)
 of those two take about 90 min there),
 `paper` (no argument) the paper's sizes.
 Several training seeds: --config.study.seeds="(0,1,2)" (workflow.studies).
