@@ -302,7 +302,7 @@ def paper_config() -> ml_collections.ConfigDict:
     # small by selection (train.eval_max_subjects).
     config.uncertainty = unc = ml_collections.ConfigDict()
     unc.enabled = True
-    unc.method = "residual_net"  # residual_net | flip | constant
+    unc.method = "residual_net"  # residual_net | residual_gain | flip | constant
     unc.level = 0.9
     unc.calibration_split = "gbm_calib"
     unc.fit_splits = ()  # splits whose residuals train the scale net; empty: the stage's

@@ -3,7 +3,7 @@
 
   python -m experiments.evaluate --workdir runs/default --split gbm_test [--stage finetune] \
       [--cohort DIR] [--subjects sub-001,sub-002] [--no-ema] \
-      [--uncertainty residual_net|flip|constant]
+      [--uncertainty residual_net|residual_gain|flip|constant]
 
 Writes WORKDIR/<stage>/eval/<split>/{metrics.json, metrics.csv, report.md, figures/} and
 prints the report. `--uncertainty` scores another interval method than the run's config
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from experiments import cli
 
 # qsnet_jax.uncertainty.METHODS, spelled here so that --help and usage errors need no JAX
-UNCERTAINTY_METHODS = ("residual_net", "flip", "constant")
+UNCERTAINTY_METHODS = ("residual_net", "residual_gain", "flip", "constant")
 
 
 def main(argv: Sequence[str] | None = None):

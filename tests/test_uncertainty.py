@@ -123,6 +123,83 @@ def test_leave_one_subject_out_coverage_matches_the_gaussian_closed_form():
     assert "held_out_coverage" not in single
 
 
+def test_gain_term_widens_sigma_by_the_hypotenuse():
+    rng = np.random.default_rng(11)
+    sigma = rng.uniform(0.01, 0.1, (4, 5, 3, 2)).astype(np.float32)
+    prediction = rng.uniform(0.0, 1.0, sigma.shape).astype(np.float32)
+    widened = uncertainty.with_gain(sigma, prediction, {"t1w": 0.0, "t2flair": 0.3},
+                                    ["t1w", "t2flair"])
+    np.testing.assert_allclose(widened[..., 0], sigma[..., 0], rtol=1e-6)
+    np.testing.assert_allclose(widened[..., 1], np.sqrt(sigma[..., 1].astype(np.float64) ** 2
+                                                        + (0.3 * prediction[..., 1]) ** 2),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match=">= 0"):
+        uncertainty.with_gain(sigma, prediction, {"t1w": -0.1, "t2flair": 0.0},
+                              ["t1w", "t2flair"])
+
+
+def _gain_law_subjects(subject_shift, *, values=(0.2, 0.5, 0.8), noise=0.03, n=60_000,
+                       seed=3):
+    """Subjects whose target is prediction + subject_shift(g, prediction) + N(0, noise^2),
+    sigma = noise (a scale that knows the voxel noise, not the subject's shift)."""
+    rng = np.random.default_rng(seed)
+    subjects = []
+    for gain in (0.9, 0.96, 1.0, 1.04, 1.1):
+        pred = np.repeat(np.asarray(values, np.float32), n // len(values)).reshape(-1, 1, 1, 1)
+        target = pred + subject_shift(gain, pred) + noise * rng.normal(size=pred.shape)
+        subjects.append((pred, target, np.full_like(pred, noise), np.ones(pred.shape[:3], bool)))
+    return subjects
+
+
+def _gain_law_held_out_sd(subject_shift, beta, *, values=(0.2, 0.5, 0.8), noise=0.03,
+                          level=0.9):
+    """The sd of leave-one-subject-out coverage from the normal law (scipy): subject i's
+    coverage at q is the mean over its values of P(|m + noise Z| <= q hypot(noise, beta v)),
+    m its shift, and q solves the other subjects' mean coverage = level."""
+    values = np.asarray(values)
+
+    def coverage(q, gain):
+        shift, half = subject_shift(gain, values), q * np.hypot(noise, beta * values)
+        return np.mean(stats.norm.cdf((half - shift) / noise)
+                       - stats.norm.cdf((-half - shift) / noise))
+
+    gains = (0.9, 0.96, 1.0, 1.04, 1.1)
+    held_out = []
+    for i, gain in enumerate(gains):
+        others = [g for j, g in enumerate(gains) if j != i]
+        q = optimize.brentq(lambda q, o=others: np.mean([coverage(q, g) for g in o]) - level,
+                            1e-6, 1e3)
+        held_out.append(coverage(q, gain))
+    return np.std(held_out, ddof=1)
+
+
+@pytest.mark.parametrize("law", ["gain", "offset"])
+def test_choose_gains_matches_the_closed_form_scatter_of_a_known_subject_law(law):
+    """Subject-level shifts that a voxel scale cannot see: a whole-volume gain (target =
+    g * prediction, the law of per-volume normalization) or an additive offset. For each
+    beta, the scatter of leave-one-subject-out coverage that choose_gains measures equals the
+    normal-law value (scipy), and it keeps the beta of least scatter."""
+    shift = ((lambda g, v: (g - 1.0) * v) if law == "gain"
+             else (lambda g, v: (g - 1.0) * 0.5 * np.ones_like(v)))
+    grid = (0.0, 0.1, 1.0)
+    predictions, targets, scales, masks = zip(*_gain_law_subjects(shift), strict=True)
+    chosen = uncertainty.choose_gains(predictions, targets, scales, masks,
+                                      channel_names=["t2flair"], grid=grid)
+    expected = [_gain_law_held_out_sd(shift, beta) for beta in grid]
+    np.testing.assert_allclose(chosen["held_out_sd"]["t2flair"], expected, atol=0.002)
+    assert chosen["gains"]["t2flair"] == grid[int(np.argmin(expected))] == 1.0
+    # the gain law: the gain term takes the scatter from 0.15 to 0.04
+    if law == "gain":
+        assert expected[0] > 0.14 and expected[-1] < 0.045
+    # a prediction of 0 leaves sigma as it is for every beta: a tie goes to the smallest
+    zeros = [np.zeros_like(p) for p in predictions]
+    tied = uncertainty.choose_gains(zeros, targets, scales, masks, channel_names=["t2flair"],
+                                    grid=(0.5, 0.0, 1.0))
+    assert tied["gains"]["t2flair"] == 0.0 and tied["grid"] == [0.0, 0.5, 1.0]
+    with pytest.raises(ValueError, match=">= 3 calibration subjects"):
+        uncertainty.choose_gains(predictions[:2], targets[:2], scales[:2], masks[:2])
+
+
 def test_interval_scores_equal_a_numpy_recomputation():
     rng = np.random.default_rng(2)
     shape = (12, 10, 6)
@@ -278,8 +355,9 @@ def test_residual_slices_predict_scale_and_flip_spread():
 # ------------------------------------------------------------------ workflow wiring
 
 
-def _write_split_cohort(root, rng, shape=(20, 24, 6)):
-    """GBM subjects in gbm_train, gbm_calib and gbm_test (two each, all with a tumor)."""
+def _write_split_cohort(root, rng, shape=(20, 24, 6), calibration_subjects=2):
+    """GBM subjects in gbm_train, gbm_calib and gbm_test (two each, or
+    ``calibration_subjects`` in gbm_calib; all with a tumor)."""
     import nibabel as nib
 
     affine = np.diag([2.0, 2.0, 2.5, 1.0])
@@ -288,7 +366,8 @@ def _write_split_cohort(root, rng, shape=(20, 24, 6)):
     columns = ["t1map", "t2map", "pdmap", "t1w", "t2w", "t1flair", "t2flair", "swi",
                "brain_mask", "labels"]
     lines = ["subject,group,site,split," + ",".join(columns)]
-    for i, split in enumerate(["gbm_train"] * 2 + ["gbm_calib"] * 2 + ["gbm_test"] * 2):
+    splits = ["gbm_train"] * 2 + ["gbm_calib"] * calibration_subjects + ["gbm_test"] * 2
+    for i, split in enumerate(splits):
         subject = f"s{i}"
         os.makedirs(root / subject)
         data = {"t1map": rng.uniform(700, 1600, shape), "t2map": rng.uniform(50, 120, shape),
@@ -406,6 +485,59 @@ def test_evaluate_and_synthesize_carry_calibrated_intervals(tmp_path):
         config, str(stage_dir), inference.make_predict_fn(module, variables), str(other),
         levels=shifted)
     assert refitted.meta["rescale_levels"] == list(shifted) and refitted.levels == shifted
+
+
+def test_residual_gain_stores_its_gain_terms_and_widens_the_nets_sigma(tmp_path):
+    """Method residual_gain: the residual net's sigma, widened by the gain term each contrast
+    chose on the calibration subjects; the stored model gives half-widths
+    q * sqrt(sigma^2 + (beta y_hat)^2) (recomputed here with NumPy from the net's sigma)."""
+    import json
+
+    import jax
+    import jax.numpy as jnp
+
+    from configs import default
+    from qsnet_jax import inference, models
+    from workflow import uncertainty as wu
+    from workflow.errors import UserError
+
+    config = default.get_config("tiny")
+    config.eval.batch_size = 4
+    config.uncertainty.method = "residual_gain"
+    config.uncertainty.steps = 5
+    targets = tuple(config.data.target_channels)
+    module = models.build_generator(config.model, input_channels=config.data.input_channels,
+                                    target_channels=targets)
+    variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 20, 24, 3)), train=False)
+    predict_fn = inference.make_predict_fn(module, variables)
+    root = tmp_path / "cohort"
+    _write_split_cohort(root, np.random.default_rng(0), calibration_subjects=3)
+    stage_dir = tmp_path / "run" / "finetune"
+    fitted = wu.fit_uncertainty(config, str(stage_dir), predict_fn, str(root))
+    stored = json.loads((stage_dir / "uncertainty" / "calibration.json").read_text())
+    assert set(stored["gains"]) == set(targets)
+    assert all(b in uncertainty.GAIN_GRID for b in stored["gains"].values())
+    for name in targets:  # the gain of least leave-one-out scatter
+        spreads = stored["gain_choice"]["held_out_sd"][name]
+        assert stored["gains"][name] == uncertainty.GAIN_GRID[int(np.argmin(spreads))]
+    model = wu.load_uncertainty(str(stage_dir))
+    assert model.gains == stored["gains"] == fitted.gains
+    _, inputs, _, prediction, subject = next(wu.split_subjects(
+        config, str(root), "gbm_test", predict_fn))
+    sigma = uncertainty.predict_scale(model.scale_fn, inputs, prediction, subject.brain_mask,
+                                      batch_size=4).astype(np.float64)
+    half = model.half_width(predict_fn, inputs, prediction, subject.brain_mask, batch_size=4)
+    brain = subject.brain_mask > 0
+    for c, name in enumerate(targets):
+        expected = stored["quantiles"][name] * np.sqrt(
+            sigma[..., c] ** 2 + (stored["gains"][name] * prediction[..., c]) ** 2)
+        np.testing.assert_allclose(half[..., c][brain], expected[brain], rtol=1e-5)
+    # two calibration subjects cannot choose a gain term: one line that says so
+    few = tmp_path / "few"
+    _write_split_cohort(few, np.random.default_rng(1))
+    with pytest.raises(UserError, match=r"residual_gain chooses its gain term on >= 3"):
+        wu.fit_uncertainty(config, str(tmp_path / "run2" / "finetune"), predict_fn, str(few))
+    assert not (tmp_path / "run2" / "finetune" / "uncertainty").exists()
 
 
 def test_a_shared_segmenter_is_reused_only_with_the_same_settings(tmp_path):

@@ -173,6 +173,7 @@ def uncertainty_record(model, per_subject, timing) -> dict:
             "selection_subjects_left_out": model.meta.get("selection_subjects_left_out"),
             "calibration_note": model.meta.get("calibration_note", ""),
             "held_out_coverage": model.meta.get("held_out_coverage"),
+            **({"gains": model.gains} if model.gains is not None else {}),
             "per_subject": per_subject, "summary": evaluation.aggregate(per_subject),
             "pooled_coverage": unc.pooled_coverage(per_subject),
             "timing": dict(timing, ratio=ratio), "convention": unc.CONVENTION}

@@ -85,6 +85,12 @@ def uncertainty_section(records: Mapping[str, Mapping]) -> list[str]:
                   f"({timing['ratio']:.2f}x, measured in this run)"]
         if record.get("calibration_note"):
             lines.append(f"  - note: {record['calibration_note']}")
+        if record.get("gains"):
+            gains = ", ".join(f"{evaluation.contrast_title(c)} {b:g}"
+                              for c, b in record["gains"].items())
+            lines.append("  - gain term beta (sigma widened to sqrt(sigma^2 + (beta y_hat)^2), "
+                         "beta chosen on the calibration subjects for the least scatter of "
+                         f"their leave-one-out coverage): {gains}")
         pooled = record.get("pooled_coverage") or {}
         for region in ("", "_tumor", "_healthy"):
             values = [f"{evaluation.contrast_title(c)} {e['coverage' + region]:.3f}"

@@ -82,15 +82,19 @@ class UncertaintyModel:
     level: float
     quantiles: dict[str, float]
     target_channels: tuple[str, ...]
-    scale_fn: Callable | None = None  # the residual net, for method residual_net
+    scale_fn: Callable | None = None  # the residual net, for residual_net and residual_gain
     meta: dict = dataclasses.field(default_factory=dict)
     levels: tuple[float, ...] | None = None  # the rescaling the calibrated synthesis had
+    gains: dict[str, float] | None = None  # the gain term per contrast (method residual_gain)
 
     def scale(self, predict_fn, inputs, prediction, brain_mask, *, batch_size: int,
               context_slices: int = 0):
-        return compute_scale(self.method, predict_fn, self.scale_fn, inputs, prediction,
-                             brain_mask, batch_size=batch_size, context_slices=context_slices,
-                             levels=self.levels)
+        sigma = compute_scale(self.method, predict_fn, self.scale_fn, inputs, prediction,
+                              brain_mask, batch_size=batch_size, context_slices=context_slices,
+                              levels=self.levels)
+        if self.gains is None:
+            return sigma
+        return unc.with_gain(sigma, prediction, self.gains, self.target_channels)
 
     def half_width(self, predict_fn, inputs, prediction, brain_mask, *, batch_size: int,
                    context_slices: int = 0):
@@ -102,9 +106,10 @@ class UncertaintyModel:
 
 def compute_scale(method: str, predict_fn, scale_fn, inputs, prediction, brain_mask, *,
                   batch_size: int, context_slices: int = 0, levels=None) -> np.ndarray:
-    """sigma ``[X, Y, Z, C]`` by ``method`` (residual_net | flip | constant); the flipped
-    synthesis is rescaled to ``levels`` like ``prediction`` was."""
-    if method == "residual_net":
+    """sigma ``[X, Y, Z, C]`` by ``method`` (the residual net's for residual_net and
+    residual_gain, whose gain term ``UncertaintyModel.scale`` adds | flip | constant); the
+    flipped synthesis is rescaled to ``levels`` like ``prediction`` was."""
+    if method in unc.SCALE_NET_METHODS:
         return unc.predict_scale(scale_fn, inputs, prediction, brain_mask,
                                  batch_size=batch_size)
     if method == "flip":
@@ -216,13 +221,17 @@ def fit_uncertainty(config, stage_dir: str, predict_fn: Callable, root: str, *,
     batch_size = int(config.eval.batch_size)
     context = int(config.data.context_slices)
     calibrating, left_out, note = calibration_subjects(config, stage, root, calibration_split)
+    if method == "residual_gain" and len(calibrating) < 3:  # before minutes of fitting
+        raise UserError(f"{root}: config.uncertainty.method=residual_gain chooses its gain "
+                        f"term on >= 3 calibration subjects; {calibration_split} has "
+                        f"{len(calibrating)} to calibrate with")
     meta = {"method": method, "calibration_split": calibration_split,
             "checkpoint": checkpoint_id(stage_dir), "cohort": os.path.abspath(root),
             "rescale_levels": _levels_record(levels), "selection_subjects_left_out": left_out,
             "calibration_note": note}
     scale_fn, state = None, None
     started = time.time()
-    if method == "residual_net":
+    if method in unc.SCALE_NET_METHODS:
         pieces = []
         for split in fit_splits(config, stage):
             for _, inputs, target, prediction, subject in split_subjects(config, root, split,
@@ -255,6 +264,14 @@ def fit_uncertainty(config, stage_dir: str, predict_fn: Callable, root: str, *,
         scales.append(compute_scale(method, predict_fn, scale_fn, inputs, prediction,
                                     subject.brain_mask, batch_size=batch_size,
                                     context_slices=context, levels=levels))
+    gains = None
+    if method == "residual_gain":
+        chosen = unc.choose_gains(preds, trues, scales, masks, level=level,
+                                  channel_names=targets)
+        gains = chosen["gains"]
+        scales = [unc.with_gain(s, p, gains, targets) for s, p in zip(scales, preds,
+                                                                       strict=True)]
+        meta |= {"gains": gains, "gain_choice": chosen}
     calibration = unc.calibrate(preds, trues, scales, masks, level=level,
                                 channel_names=targets, subject_names=names)
     meta |= {"level": level, "quantiles": calibration["quantiles"],
@@ -267,7 +284,7 @@ def fit_uncertainty(config, stage_dir: str, predict_fn: Callable, root: str, *,
         io.write_json(os.path.join(out, CALIBRATION_FILE), meta)
     return UncertaintyModel(method=method, level=level, quantiles=calibration["quantiles"],
                             target_channels=targets, scale_fn=scale_fn, meta=meta,
-                            levels=levels)
+                            levels=levels, gains=gains)
 
 
 def load_uncertainty(stage_dir: str, folder: str = UNCERTAINTY_DIR) -> UncertaintyModel | None:
@@ -280,7 +297,7 @@ def load_uncertainty(stage_dir: str, folder: str = UNCERTAINTY_DIR) -> Uncertain
         with open(path) as f:
             meta = json.load(f)
         scale_fn = None
-        if meta["method"] == "residual_net":
+        if meta["method"] in unc.SCALE_NET_METHODS:
             with open(os.path.join(folder, SCALE_NET_FILE), "rb") as f:
                 module, variables = unc.scale_net_from_state(meta["scale_net"], f.read())
             scale_fn = unc.make_scale_fn(module, variables)
@@ -290,7 +307,8 @@ def load_uncertainty(stage_dir: str, folder: str = UNCERTAINTY_DIR) -> Uncertain
                                 quantiles=quantiles,
                                 target_channels=tuple(meta["target_channels"]),
                                 scale_fn=scale_fn, meta=meta,
-                                levels=_levels_from_record(meta.get("rescale_levels")))
+                                levels=_levels_from_record(meta.get("rescale_levels")),
+                                gains=_gains_from_record(meta))
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"{folder}: unreadable uncertainty model ({error})") from None
 
@@ -374,6 +392,13 @@ def _levels_record(levels):
 
 def _levels_from_record(record):
     return None if record is None else tuple(float(v) for v in record)
+
+
+def _gains_from_record(meta) -> dict[str, float] | None:
+    """The gain terms a residual_gain calibration.json holds (None for other methods)."""
+    if meta["method"] != "residual_gain":
+        return None
+    return {name: float(meta["gains"][name]) for name in meta["target_channels"]}
 
 
 # ------------------------------------------------------------------ downstream segmenter
