@@ -9,7 +9,10 @@ inputs without PD; 2.5D input (one neighbouring slice on each side) instead of 2
 
 The bench size (10 GBM test subjects) took 51 min for the five ablated variants on a quiet
 2-core CPU, the full model reused from configs/compare.py:bench's work dir (copy its qsnet
-folder to WORKDIR/full; otherwise 13.5 min more); README, Studies.
+folder to WORKDIR/full; otherwise 13.5 min more); README, Studies. Two more training seeds
+(--config.study.seeds="(1,2)", the full models copied from the seed-1 and seed-2 bench
+comparisons) took 99 min on a 2-core AMD EPYC Zen 4 with other work beside it for about 35:
+47-52 min per seed, so one seed per study stays within the hour.
 """
 
 import ml_collections
