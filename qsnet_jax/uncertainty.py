@@ -60,6 +60,7 @@ METHODS = ("residual_net", "residual_gain", "flip", "constant")
 # the gain term outweighs sigma (contrasts lie in [0, 1], sigma is a few hundredths)
 GAIN_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 SCALE_NET_METHODS = ("residual_net", "residual_gain")  # the methods whose sigma is the net's
+MIN_GAIN_SUBJECTS = 3  # choose_gains compares sds of held-out coverages: 2 say little
 
 CONVENTION = (
     "Uncertainty: split-conformal intervals y_hat +- q sigma per voxel and contrast; "
@@ -200,9 +201,9 @@ def choose_gains(predictions: Sequence, targets: Sequence, scales: Sequence,
     """
     if not (len(predictions) == len(targets) == len(scales) == len(masks)):
         raise ValueError("choose_gains needs equally many predictions, targets, scales, masks")
-    if len(predictions) < 3:
-        raise ValueError(f"choosing the gain term needs >= 3 calibration subjects, got "
-                         f"{len(predictions)}")
+    if len(predictions) < MIN_GAIN_SUBJECTS:
+        raise ValueError(f"choosing the gain term needs >= {MIN_GAIN_SUBJECTS} calibration "
+                         f"subjects, got {len(predictions)}")
     grid = sorted(float(b) for b in grid)
     if not grid or grid[0] < 0:
         raise ValueError(f"the gain grid must be non-empty and >= 0, got {grid}")

@@ -138,13 +138,16 @@ def test_gain_term_widens_sigma_by_the_hypotenuse():
                               ["t1w", "t2flair"])
 
 
+SUBJECT_GAINS = (0.9, 0.96, 1.0, 1.04, 1.1)  # the whole-volume gains of the gain-law subjects
+
+
 def _gain_law_subjects(subject_shift, *, values=(0.2, 0.5, 0.8), noise=0.03, n=60_000,
                        seed=3):
     """Subjects whose target is prediction + subject_shift(g, prediction) + N(0, noise^2),
     sigma = noise (a scale that knows the voxel noise, not the subject's shift)."""
     rng = np.random.default_rng(seed)
     subjects = []
-    for gain in (0.9, 0.96, 1.0, 1.04, 1.1):
+    for gain in SUBJECT_GAINS:
         pred = np.repeat(np.asarray(values, np.float32), n // len(values)).reshape(-1, 1, 1, 1)
         target = pred + subject_shift(gain, pred) + noise * rng.normal(size=pred.shape)
         subjects.append((pred, target, np.full_like(pred, noise), np.ones(pred.shape[:3], bool)))
@@ -163,10 +166,9 @@ def _gain_law_held_out_sd(subject_shift, beta, *, values=(0.2, 0.5, 0.8), noise=
         return np.mean(stats.norm.cdf((half - shift) / noise)
                        - stats.norm.cdf((-half - shift) / noise))
 
-    gains = (0.9, 0.96, 1.0, 1.04, 1.1)
     held_out = []
-    for i, gain in enumerate(gains):
-        others = [g for j, g in enumerate(gains) if j != i]
+    for i, gain in enumerate(SUBJECT_GAINS):
+        others = [g for j, g in enumerate(SUBJECT_GAINS) if j != i]
         q = optimize.brentq(lambda q, o=others: np.mean([coverage(q, g) for g in o]) - level,
                             1e-6, 1e3)
         held_out.append(coverage(q, gain))

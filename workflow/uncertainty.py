@@ -221,10 +221,10 @@ def fit_uncertainty(config, stage_dir: str, predict_fn: Callable, root: str, *,
     batch_size = int(config.eval.batch_size)
     context = int(config.data.context_slices)
     calibrating, left_out, note = calibration_subjects(config, stage, root, calibration_split)
-    if method == "residual_gain" and len(calibrating) < 3:  # before minutes of fitting
+    if method == "residual_gain" and len(calibrating) < unc.MIN_GAIN_SUBJECTS:  # before fitting
         raise UserError(f"{root}: config.uncertainty.method=residual_gain chooses its gain "
-                        f"term on >= 3 calibration subjects; {calibration_split} has "
-                        f"{len(calibrating)} to calibrate with")
+                        f"term on >= {unc.MIN_GAIN_SUBJECTS} calibration subjects; "
+                        f"{calibration_split} has {len(calibrating)} to calibrate with")
     meta = {"method": method, "calibration_split": calibration_split,
             "checkpoint": checkpoint_id(stage_dir), "cohort": os.path.abspath(root),
             "rescale_levels": _levels_record(levels), "selection_subjects_left_out": left_out,
