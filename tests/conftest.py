@@ -34,6 +34,48 @@ def _numpy_mlp(params: dict, x, prefix: str = ""):
                                                                          np.float64)
 
 
+COHORT_COLUMNS = ("t1map", "t2map", "pdmap", "t1w", "t2w", "t1flair", "t2flair", "swi",
+                  "brain_mask", "labels")
+
+
+def _write_nifti_cohort(root, rng, subjects, *, shape=(20, 24, 6)):
+    """A cohort folder of random maps and contrasts inside an ellipsoid brain, written as
+    NIfTI with its manifest. ``subjects``: ``(name, group, split, labels or None)`` in order;
+    each draws T1, T2, PD and the five contrasts from ``rng`` in that order."""
+    import nibabel as nib
+    import numpy as np
+
+    affine = np.diag([2.0, 2.0, 2.5, 1.0])
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"), -1)
+    brain = (np.linalg.norm(grid / [0.8, 0.8, 1.3], axis=-1) < 1).astype(np.uint8)
+    lines = ["subject,group,site,split," + ",".join(COHORT_COLUMNS)]
+    for subject, group, split, labels in subjects:
+        os.makedirs(root / subject)
+        data = {"t1map": rng.uniform(700, 1600, shape), "t2map": rng.uniform(50, 120, shape),
+                "pdmap": rng.uniform(0.6, 1.0, shape), "brain_mask": brain}
+        for c in COHORT_COLUMNS[3:8]:
+            data[c] = rng.uniform(0.1, 1.0, shape)
+        if labels is not None:
+            data["labels"] = labels
+        cells = []
+        for c in COHORT_COLUMNS:
+            if c not in data:
+                cells.append("")
+                continue
+            values = np.where(brain, data[c], 0) if c != "brain_mask" else data[c]
+            dtype = np.uint8 if c in ("brain_mask", "labels") else np.float32
+            nib.save(nib.Nifti1Image(values.astype(dtype), affine), root / subject / f"{c}.nii.gz")
+            cells.append(f"{subject}/{c}.nii.gz")
+        lines.append(f"{subject},{group},A,{split}," + ",".join(cells))
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def write_nifti_cohort():
+    """`write_nifti_cohort(root, rng, subjects, shape=...)`: a small NIfTI cohort on disk."""
+    return _write_nifti_cohort
+
+
 @pytest.fixture
 def numpy_mlp():
     """`numpy_mlp(params, x, prefix="")`: a per-voxel MLP recomputed in NumPy."""

@@ -191,42 +191,17 @@ def test_subject_and_comparison_figures_render():
 # ------------------------------------------------------------------ experiments.evaluate
 
 
-def _write_cohort(root, rng, *, shape=(20, 24, 6)):
-    """Two gbm_test subjects (one with a tumor) and one healthy_test, written as NIfTI."""
-    import nibabel as nib
-
-    affine = np.diag([2.0, 2.0, 2.5, 1.0])
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"), -1)
-    brain = (np.linalg.norm(grid / [0.8, 0.8, 1.3], axis=-1) < 1).astype(np.uint8)
-    columns = ["t1map", "t2map", "pdmap", "t1w", "t2w", "t1flair", "t2flair", "swi",
-               "brain_mask", "labels"]
-    lines = ["subject,group,site,split," + ",".join(columns)]
-    for subject, group, split in (("g1", "gbm", "gbm_test"), ("g2", "gbm", "gbm_test"),
-                                  ("h1", "healthy", "healthy_test")):
-        os.makedirs(root / subject)
-        data = {"t1map": rng.uniform(700, 1600, shape), "t2map": rng.uniform(50, 120, shape),
-                "pdmap": rng.uniform(0.6, 1.0, shape), "brain_mask": brain}
-        for c in columns[3:8]:
-            data[c] = rng.uniform(0.1, 1.0, shape)
-        if subject == "g1":
-            labels = np.zeros(shape)
-            labels[8:13, 10:15, 2:5] = 2
-            labels[10:12, 12:14, 3] = 1
-            data["labels"] = labels
-        cells = []
-        for c in columns:
-            if c not in data:
-                cells.append("")
-                continue
-            values = np.where(brain, data[c], 0) if c not in ("brain_mask",) else data[c]
-            dtype = np.uint8 if c in ("brain_mask", "labels") else np.float32
-            nib.save(nib.Nifti1Image(values.astype(dtype), affine), root / subject / f"{c}.nii.gz")
-            cells.append(f"{subject}/{c}.nii.gz")
-        lines.append(f"{subject},{group},A,{split}," + ",".join(cells))
-    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+def _evaluation_subjects(shape=(20, 24, 6)):
+    """Two gbm_test subjects (one with a tumor) and one healthy_test, for
+    ``write_nifti_cohort``."""
+    labels = np.zeros(shape)
+    labels[8:13, 10:15, 2:5] = 2
+    labels[10:12, 12:14, 3] = 1
+    return [("g1", "gbm", "gbm_test", labels), ("g2", "gbm", "gbm_test", None),
+            ("h1", "healthy", "healthy_test", None)]
 
 
-def test_evaluate_run_writes_scores_tables_and_figures(tmp_path):
+def test_evaluate_run_writes_scores_tables_and_figures(tmp_path, write_nifti_cohort):
     import csv
     import json
 
@@ -244,7 +219,7 @@ def test_evaluate_run_writes_scores_tables_and_figures(tmp_path):
                                     target_channels=config.data.target_channels)
     variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 20, 24, 3)), train=False)
     cohort = tmp_path / "cohort"
-    _write_cohort(cohort, np.random.default_rng(0))
+    write_nifti_cohort(cohort, np.random.default_rng(0), _evaluation_subjects())
     workdir = tmp_path / "run"
     # called as workflow.train_eval calls it: the stage folder and the split, positionally
     result = evaluate.evaluate_run(config, str(workdir / "finetune"), "gbm_test",

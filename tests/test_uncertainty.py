@@ -357,40 +357,20 @@ def test_residual_slices_predict_scale_and_flip_spread():
 # ------------------------------------------------------------------ workflow wiring
 
 
-def _write_split_cohort(root, rng, shape=(20, 24, 6), calibration_subjects=2):
+def _split_subjects(shape=(20, 24, 6), calibration_subjects=2):
     """GBM subjects in gbm_train, gbm_calib and gbm_test (two each, or
-    ``calibration_subjects`` in gbm_calib; all with a tumor)."""
-    import nibabel as nib
-
-    affine = np.diag([2.0, 2.0, 2.5, 1.0])
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"), -1)
-    brain = (np.linalg.norm(grid / [0.8, 0.8, 1.3], axis=-1) < 1).astype(np.uint8)
-    columns = ["t1map", "t2map", "pdmap", "t1w", "t2w", "t1flair", "t2flair", "swi",
-               "brain_mask", "labels"]
-    lines = ["subject,group,site,split," + ",".join(columns)]
+    ``calibration_subjects`` in gbm_calib; all with a tumor), for ``write_nifti_cohort``."""
     splits = ["gbm_train"] * 2 + ["gbm_calib"] * calibration_subjects + ["gbm_test"] * 2
+    subjects = []
     for i, split in enumerate(splits):
-        subject = f"s{i}"
-        os.makedirs(root / subject)
-        data = {"t1map": rng.uniform(700, 1600, shape), "t2map": rng.uniform(50, 120, shape),
-                "pdmap": rng.uniform(0.6, 1.0, shape), "brain_mask": brain}
-        for c in columns[3:8]:
-            data[c] = rng.uniform(0.1, 1.0, shape)
         labels = np.zeros(shape)
         labels[7 + i % 3:12, 9:14, 2:5] = 2
         labels[9:11, 11:13, 3] = 1
-        data["labels"] = labels
-        cells = []
-        for c in columns:
-            values = np.where(brain, data[c], 0) if c != "brain_mask" else data[c]
-            dtype = np.uint8 if c in ("brain_mask", "labels") else np.float32
-            nib.save(nib.Nifti1Image(values.astype(dtype), affine), root / subject / f"{c}.nii.gz")
-            cells.append(f"{subject}/{c}.nii.gz")
-        lines.append(f"{subject},gbm,A,{split}," + ",".join(cells))
-    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+        subjects.append((f"s{i}", "gbm", split, labels))
+    return subjects
 
 
-def test_evaluate_and_synthesize_carry_calibrated_intervals(tmp_path):
+def test_evaluate_and_synthesize_carry_calibrated_intervals(tmp_path, write_nifti_cohort):
     import json
 
     import jax
@@ -412,7 +392,7 @@ def test_evaluate_and_synthesize_carry_calibrated_intervals(tmp_path):
                                     target_channels=targets)
     variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 20, 24, 3)), train=False)
     root = tmp_path / "cohort"
-    _write_split_cohort(root, np.random.default_rng(0))
+    write_nifti_cohort(root, np.random.default_rng(0), _split_subjects())
     stage_dir = tmp_path / "run" / "finetune"
     evaluate.evaluate_run(config, str(stage_dir), "gbm_test", cohort_dir=str(root),
                           model=(module, variables))
@@ -489,7 +469,8 @@ def test_evaluate_and_synthesize_carry_calibrated_intervals(tmp_path):
     assert refitted.meta["rescale_levels"] == list(shifted) and refitted.levels == shifted
 
 
-def test_residual_gain_stores_its_gain_terms_and_widens_the_nets_sigma(tmp_path):
+def test_residual_gain_stores_its_gain_terms_and_widens_the_nets_sigma(tmp_path,
+                                                                       write_nifti_cohort):
     """Method residual_gain: the residual net's sigma, widened by the gain term each contrast
     chose on the calibration subjects; the stored model gives half-widths
     q * sqrt(sigma^2 + (beta y_hat)^2) (recomputed here with NumPy from the net's sigma)."""
@@ -513,7 +494,7 @@ def test_residual_gain_stores_its_gain_terms_and_widens_the_nets_sigma(tmp_path)
     variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 20, 24, 3)), train=False)
     predict_fn = inference.make_predict_fn(module, variables)
     root = tmp_path / "cohort"
-    _write_split_cohort(root, np.random.default_rng(0), calibration_subjects=3)
+    write_nifti_cohort(root, np.random.default_rng(0), _split_subjects(calibration_subjects=3))
     stage_dir = tmp_path / "run" / "finetune"
     fitted = wu.fit_uncertainty(config, str(stage_dir), predict_fn, str(root))
     stored = json.loads((stage_dir / "uncertainty" / "calibration.json").read_text())
@@ -536,13 +517,13 @@ def test_residual_gain_stores_its_gain_terms_and_widens_the_nets_sigma(tmp_path)
         np.testing.assert_allclose(half[..., c][brain], expected[brain], rtol=1e-5)
     # two calibration subjects cannot choose a gain term: one line that says so
     few = tmp_path / "few"
-    _write_split_cohort(few, np.random.default_rng(1))
+    write_nifti_cohort(few, np.random.default_rng(1), _split_subjects())
     with pytest.raises(UserError, match=r"residual_gain chooses its gain term on >= 3"):
         wu.fit_uncertainty(config, str(tmp_path / "run2" / "finetune"), predict_fn, str(few))
     assert not (tmp_path / "run2" / "finetune" / "uncertainty").exists()
 
 
-def test_a_shared_segmenter_is_reused_only_with_the_same_settings(tmp_path):
+def test_a_shared_segmenter_is_reused_only_with_the_same_settings(tmp_path, write_nifti_cohort):
     """Study variants share one segmenter folder (config.segmentation.dir): a second run with
     the same cohort, targets and settings loads it; another step count retrains it."""
     import io as text_io
@@ -551,7 +532,7 @@ def test_a_shared_segmenter_is_reused_only_with_the_same_settings(tmp_path):
     from workflow import uncertainty as workflow_uncertainty
 
     root = tmp_path / "cohort"
-    _write_split_cohort(root, np.random.default_rng(1))
+    write_nifti_cohort(root, np.random.default_rng(1), _split_subjects())
     config = default.get_config("tiny")
     config.segmentation.train_splits = ("gbm_train",)
     config.segmentation.dir = str(tmp_path / "shared")
@@ -667,7 +648,8 @@ def test_synthesize_applies_only_the_levels_fitted_for_the_checkpoint_it_loads(t
     assert rescale.stage_rescale(str(stage), config) is None
 
 
-def test_calibration_leaves_out_the_subjects_that_chose_the_checkpoint(tmp_path):
+def test_calibration_leaves_out_the_subjects_that_chose_the_checkpoint(tmp_path,
+                                                                       write_nifti_cohort):
     """A checkpoint picked on gbm_calib's first subject does well on it by selection: the
     conformal quantile comes from the other calibration subjects only (NumPy order statistic
     over their brain voxels), on the run's own cohort only, and a stored fit that used the
@@ -679,7 +661,7 @@ def test_calibration_leaves_out_the_subjects_that_chose_the_checkpoint(tmp_path)
     from workflow import uncertainty as wu
 
     root = tmp_path / "cohort"
-    _write_split_cohort(root, np.random.default_rng(0))
+    write_nifti_cohort(root, np.random.default_rng(0), _split_subjects())
     config = default.get_config("tiny")
     config.data.cohort_dir = str(root)
     config.uncertainty.method = "constant"
