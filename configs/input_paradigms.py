@@ -28,7 +28,10 @@ At the bench size (10 GBM test subjects at site A, 12 external subjects at site 
 variants took 92 min with `:bench,site_b` on a 2-core Intel Xeon (Ice Lake) from an empty
 cache (the bench cohort 18 min of it), not quiet; an earlier version took 55 min on a quiet
 2-core Xeon with the cohort built. Scoring the same trained variants at site A with `:bench`
-took 32 s more (README, Input paradigms).
+took 32 s more (README, Input paradigms). Two more training seeds of the three QS-Net
+variants, --config.study.only="('qsnet_maps','qsnet_weighted','qsnet_subspace')"
+--config.study.seeds="(1,2)" with `:bench,site_b`: 91 min for the six trainings on a 2-core
+AMD EPYC (Zen 4) with the cohort built, 13-17.5 min a variant.
 
 The variants train identically for both splits: copying the finished variant folders of one
 work dir into the other's reuses them (only the evaluation and WORKDIR/comparison/ are new).
