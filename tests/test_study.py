@@ -278,6 +278,57 @@ def test_scores_over_training_seeds_are_subject_means_with_the_seed_spread():
     assert study.seed_workdir("/w", 3) == os.path.join("/w", "seeds", "3")
 
 
+def test_interval_scores_and_dice_over_training_seeds_are_subject_means_too():
+    """The uncertainty and downstream-segmentation entries of a seeded study are averaged
+    like the image scores (NumPy recomputation): a subject's coverage and Dice are their
+    means over the seeds, the pooled coverage is voxel-weighted over those means, and the
+    report gives each seed's split mean; calibration settings stay the first seed's."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    subjects = ["s1", "s2", "s3", "s4"]
+    coverage = rng.uniform(0.8, 0.95, (2, 4))  # [seed, subject]
+    dice = rng.uniform(0.5, 0.9, (2, 4))
+    voxels = np.array([100, 300, 200, 400])
+
+    def run(i):
+        unc_scores = {s: {"t2flair": {"coverage": float(coverage[i, j]),
+                                      "voxels": int(voxels[j])}}
+                      for j, s in enumerate(subjects)}
+        seg = {s: {"synthesized": {"dice_whole_tumor": float(dice[i, j])}}
+               for j, s in enumerate(subjects)}
+        return {"stage_dir": f"/w/{i}", "metrics_path": "m.json", "model": "qsnet",
+                "per_subject": {s: {"t2flair": {"mae": 1.0}} for s in subjects},
+                "uncertainty": {"method": "residual_net", "level": 0.9,
+                                "quantiles": {"t2flair": 1.5 + i}, "per_subject": unc_scores,
+                                "calibration_split": "gbm_calib", "convention": "c",
+                                "timing": {"uncertainty_s": 1.0, "synthesis_s": 2.0,
+                                           "ratio": 0.5}},
+                "segmentation": {"per_subject": seg, "convention": "c"}}
+
+    merged = study.average_over_seeds([run(0), run(1)], (3, 4))
+    for j, s in enumerate(subjects):
+        assert merged["uncertainty"]["per_subject"][s]["t2flair"]["coverage"] == \
+            pytest.approx(coverage[:, j].mean())
+        assert merged["segmentation"]["per_subject"][s]["synthesized"]["dice_whole_tumor"] == \
+            pytest.approx(dice[:, j].mean())
+    pooled = (coverage.mean(axis=0) * voxels).sum() / voxels.sum()
+    assert merged["uncertainty"]["pooled_coverage"]["t2flair"]["coverage"] == \
+        pytest.approx(pooled)
+    assert merged["uncertainty"]["summary"]["t2flair"]["coverage"]["mean"] == \
+        pytest.approx(coverage.mean())
+    assert merged["uncertainty"]["quantiles"] == {"t2flair": 1.5}  # the first seed's
+    per_seed = " / ".join(f"{m:.3f}" for m in coverage.mean(axis=1))
+    lines = "\n".join(study.reports.uncertainty_section({"qsnet": merged["uncertainty"]}))
+    assert f"T2-FLAIR {per_seed}" in lines and "training seeds 3, 4" in lines
+    lines = "\n".join(study.reports.segmentation_section({"qsnet": merged["segmentation"]}))
+    assert "synthesized " + " / ".join(f"{m:.3f}" for m in dice.mean(axis=1)) in lines
+    # a seed whose evaluation wrote a note instead of scores: the first seed's entry stands
+    noted = run(1) | {"uncertainty": {"note": "no calibration split"}}
+    assert study.average_over_seeds([run(0), noted], (0, 1))["uncertainty"] == \
+        run(0)["uncertainty"]
+
+
 @pytest.mark.slow
 def test_a_study_over_two_seeds_trains_each_variant_twice(tmp_path, tiny_cohort):
     config = _tiny(compare, tiny_cohort, only=("physics",), seeds=(0, 1),

@@ -24,6 +24,8 @@ plus a ``study`` section:
   variant is trained once per seed in ``WORKDIR/seeds/<seed>/<variant>/``; a subject's score
   is its mean over the seeds (the paired tests run on those means), and the table adds the
   spread across seeds (sd of the per-seed split means) next to the spread across subjects.
+  The interval scores (coverage, width) and the downstream Dice are averaged the same way;
+  the conformal quantiles, the timing and the figures are the first seed's.
 
 Every variant, the physics baseline included, goes through ``workflow.train_eval.run`` (the
 physics baseline's closed-form fit writes an ordinary checkpoint) and is evaluated and drawn
@@ -49,6 +51,7 @@ import ml_collections
 import numpy as np
 
 from qsnet_jax import evaluation, io
+from qsnet_jax import uncertainty as unc
 from workflow import cohorts, evaluate, reports, train_eval
 from workflow.errors import UserError
 from workflow.overrides import apply_override
@@ -214,33 +217,65 @@ def with_seed(vconfig, seed: int | None):
     return seeded
 
 
-def average_over_seeds(runs: Sequence[dict], seeds: Sequence[int]) -> dict:
-    """One variant's record from its runs with several training seeds: per subject the mean
-    score over the seeds (the subjects every seed scored), the per-seed split means and
-    their spread (sample sd over seeds); uncertainty, segmentation and figures from the
-    first seed."""
-    common = [s for s in runs[0]["per_subject"] if all(s in r["per_subject"] for r in runs)]
+def mean_over_seeds(tables: Sequence[Mapping]) -> dict:
+    """``{subject: {group: {key: mean}}}`` over the seeds' per-subject tables, for the
+    subjects every seed scored and the keys every seed has (a group is a contrast, or the
+    segmenter's input source)."""
+    common = [s for s in tables[0] if all(s in t for t in tables)]
     averaged = {}
     for subject in common:
         averaged[subject] = {}
-        for contrast, scores in runs[0]["per_subject"][subject].items():
-            keys = [k for k in scores
-                    if all(k in r["per_subject"][subject].get(contrast, {}) for r in runs)]
-            averaged[subject][contrast] = {
-                k: float(sum(r["per_subject"][subject][contrast][k] for r in runs) / len(runs))
-                for k in keys}
-    seed_means = [evaluation.aggregate({s: r["per_subject"][s] for s in common})
-                  for r in runs]
+        for group, scores in tables[0][subject].items():
+            keys = [k for k in scores if all(k in t[subject].get(group, {}) for t in tables)]
+            averaged[subject][group] = {
+                k: float(sum(t[subject][group][k] for t in tables) / len(tables)) for k in keys}
+    return averaged
+
+
+def seed_spread(tables: Sequence[Mapping]) -> dict:
+    """``{group: {key: {"means": per-seed split means, "std": their sample sd}}}`` over the
+    subjects every seed scored."""
+    common = [s for s in tables[0] if all(s in t for t in tables)]
+    seed_means = [evaluation.aggregate({s: t[s] for s in common}) for t in tables]
     spread = {}
-    for contrast, entry in seed_means[0].items():
-        spread[contrast] = {}
+    for group, entry in seed_means[0].items():
+        spread[group] = {}
         for key in entry:
-            means = [m[contrast][key]["mean"] for m in seed_means if key in m.get(contrast, {})]
+            means = [m[group][key]["mean"] for m in seed_means if key in m.get(group, {})]
             sd = float(np.std(means, ddof=1)) if len(means) > 1 else float("nan")
-            spread[contrast][key] = {"means": means, "std": sd}
-    return runs[0] | {"per_subject": averaged, "seeds": list(seeds),
-                      "seed_stage_dirs": [r["stage_dir"] for r in runs],
-                      "seed_spread": spread}
+            spread[group][key] = {"means": means, "std": sd}
+    return spread
+
+
+def _seed_averaged_record(records: Sequence, seeds: Sequence[int], *, pooled=None):
+    """An evaluation's ``uncertainty`` or ``segmentation`` entry over several seeds: the
+    per-subject scores and their summary are the seed means (as the image scores), with the
+    per-seed split means beside them; the rest (method, calibration, timing) is the first
+    seed's. A seed without per-subject scores (a note instead) leaves the first seed's."""
+    if not records or not all(isinstance(r, Mapping) and "per_subject" in r for r in records):
+        return records[0] if records else None
+    tables = [r["per_subject"] for r in records]
+    averaged = mean_over_seeds(tables)
+    merged = dict(records[0]) | {"per_subject": averaged,
+                                 "summary": evaluation.aggregate(averaged),
+                                 "seeds": list(seeds), "seed_spread": seed_spread(tables)}
+    if pooled is not None:
+        merged["pooled_coverage"] = pooled(averaged)
+    return merged
+
+
+def average_over_seeds(runs: Sequence[dict], seeds: Sequence[int]) -> dict:
+    """One variant's record from its runs with several training seeds: per subject the mean
+    score over the seeds (the subjects every seed scored), the per-seed split means and
+    their spread (sample sd over seeds); the interval scores and downstream Dice likewise
+    (their calibration, timing and the figures are the first seed's)."""
+    tables = [r["per_subject"] for r in runs]
+    return runs[0] | {
+        "per_subject": mean_over_seeds(tables), "seeds": list(seeds),
+        "seed_stage_dirs": [r["stage_dir"] for r in runs], "seed_spread": seed_spread(tables),
+        "uncertainty": _seed_averaged_record([r.get("uncertainty") for r in runs], seeds,
+                                             pooled=unc.pooled_coverage),
+        "segmentation": _seed_averaged_record([r.get("segmentation") for r in runs], seeds)}
 
 
 def share_segmenter(configs: Mapping, workdir: str):
