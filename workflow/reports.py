@@ -102,7 +102,8 @@ def uncertainty_section(records: Mapping[str, Mapping]) -> list[str]:
             lines.append(f"  - training seeds {', '.join(map(str, record['seeds']))}: the scores "
                          "below are each subject's mean over the seeds; q, the timing and "
                          "the leave-one-out scatter are the first seed's; brain coverage "
-                         "with each seed: " + _per_seed_text(record["seed_spread"], "coverage"))
+                         "(mean over subjects) with each seed: "
+                         + _per_seed_text(record["seed_spread"], "coverage"))
         held_out = record.get("held_out_coverage") or {}
         if held_out:
             spread = ", ".join(f"{evaluation.contrast_title(c)} {e['min']:.2f}–{e['max']:.2f} "
