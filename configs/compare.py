@@ -26,7 +26,9 @@ per site: raw Wilcoxon p down to 0.002, Holm-adjusted down to 0.0195 over 10 com
 the six variants took 51 min on a 2-core CPU, QS-Net 13.5 of them; README, Studies; QS-Net
 and Res-UNet alone with --config.study.seeds="(1,)" took 33 min from an empty cache on a
 (nearly) quiet 2-core AMD EPYC Zen 4: the cohort 5.3, QS-Net 16.3, Res-UNet 11.6; so seeds (0,1,2)
-of those two take about 90 min there),
+of those two take about 90 min there; pix2pix, Swin-UNet, the physics baseline and the
+per-voxel MLP with seeds (1,2) took 56.5 min more there: 11-12, 7-8.3, 3.3 and 5.3-5.7 min
+a seed),
 `paper` (no argument) the paper's sizes.
 Several training seeds: --config.study.seeds="(0,1,2)" (workflow.studies).
 """
