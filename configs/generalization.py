@@ -15,6 +15,8 @@ The bench size (12 site-B subjects, 10 with GBM): about 2 hours for the 8 varian
 2-core CPU with the bench cohort built (QS-Net 17-20 min a variant, Res-UNet 14-17, pix2pix
 16, Swin-UNet 12-17, measured on a 2-core AMD EPYC Zen 3 and an Ice Lake Xeon); the bench
 cohort takes 8-9 min more the first time; README, Generalization at the bench size.
+On a 2-core AMD EPYC Zen 4 (cohort built): Res-UNet 12-20 min a variant, pix2pix 12-17,
+Swin-UNet 8-9 (seeds 1 and 2 of issue 17).
 """
 
 import ml_collections

@@ -323,6 +323,11 @@ def test_interval_scores_and_dice_over_training_seeds_are_subject_means_too():
     assert f"T2-FLAIR {per_seed}" in lines and "training seeds 3, 4" in lines
     lines = "\n".join(study.reports.segmentation_section({"qsnet": merged["segmentation"]}))
     assert "synthesized " + " / ".join(f"{m:.3f}" for m in dice.mean(axis=1)) in lines
+    # one seed: no per-seed line to repeat the table
+    single = study.average_over_seeds([run(0)], (3,))
+    assert "with each seed" not in "\n".join(
+        study.reports.uncertainty_section({"qsnet": single["uncertainty"]})
+        + study.reports.segmentation_section({"qsnet": single["segmentation"]}))
     # a seed whose evaluation wrote a note instead of scores: the first seed's entry stands
     noted = run(1) | {"uncertainty": {"note": "no calibration split"}}
     assert study.average_over_seeds([run(0), noted], (0, 1))["uncertainty"] == \

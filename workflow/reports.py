@@ -98,7 +98,7 @@ def uncertainty_section(records: Mapping[str, Mapping]) -> list[str]:
             if values:
                 lines.append(f"  - coverage pooled over all voxels of all subjects, "
                              f"{region.strip('_') or 'brain'}: {', '.join(values)}")
-        if record.get("seed_spread"):
+        if len(record.get("seeds") or ()) > 1:
             lines.append(f"  - training seeds {', '.join(map(str, record['seeds']))}: the scores "
                          "below are each subject's mean over the seeds; q, the timing and "
                          "the leave-one-out scatter are the first seed's; brain coverage "
@@ -157,12 +157,12 @@ def segmentation_section(records: Mapping[str, Mapping]) -> list[str]:
     lines += ["", f"{convention} Aggregate: {evaluation.STD_CONVENTION} n = {n} subjects "
               "with a tumor.", ""]
     for name, record in records.items():
-        if record.get("seed_spread"):
+        if len(record.get("seeds") or ()) > 1:
             lines.append(f"- `{name}`, training seeds {', '.join(map(str, record['seeds']))} "
                          "(each subject's Dice is its mean over the seeds; the segmenter is "
                          "retrained with each seed): whole-tumor Dice with each seed, "
                          + _per_seed_text(record["seed_spread"], "dice_whole_tumor"))
-    if any(r.get("seed_spread") for r in records.values()):
+    if any(len(r.get("seeds") or ()) > 1 for r in records.values()):
         lines.append("")
     lines += notes + ([""] if notes else [])
     return lines
@@ -249,7 +249,9 @@ def study_markdown(result, *, title: str, relative_to: str | None = None) -> str
                      f"(`{_path_from(model['eval'], relative_to)}`)")
     lines += ["", study_table(result), ""]
     seeds = {tuple(m["seeds"]) for m in result["models"].values() if m.get("seeds")}
-    if seeds:
+    if seeds and len(next(iter(seeds))) == 1:
+        lines += [f"Training seed {next(iter(seeds))[0]}.", ""]
+    elif seeds:
         lines += [f"Training seeds {', '.join(map(str, next(iter(seeds))))}: each subject's "
                   "score is its mean over the seeds; ± is the sd over subjects, [seeds ± …] "
                   "the sd over seeds of the split mean.", ""]
