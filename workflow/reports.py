@@ -98,7 +98,7 @@ def uncertainty_section(records: Mapping[str, Mapping]) -> list[str]:
             if values:
                 lines.append(f"  - coverage pooled over all voxels of all subjects, "
                              f"{region.strip('_') or 'brain'}: {', '.join(values)}")
-        if len(record.get("seeds") or ()) > 1:
+        if _several_seeds(record):
             lines.append(f"  - training seeds {', '.join(map(str, record['seeds']))}: the scores "
                          "below are each subject's mean over the seeds; q, the timing and "
                          "the leave-one-out scatter are the first seed's; brain coverage "
@@ -119,6 +119,11 @@ def uncertainty_section(records: Mapping[str, Mapping]) -> list[str]:
                   f"{next(iter(with_scores.values()))['convention']} "
                   f"Aggregate: {evaluation.STD_CONVENTION}", ""]
     return lines
+
+
+def _several_seeds(record: Mapping) -> bool:
+    """Whether a (seed-averaged) record merges more than one training seed."""
+    return len(record.get("seeds") or ()) > 1
 
 
 def _per_seed_text(spread: Mapping, key: str) -> str:
@@ -156,15 +161,12 @@ def segmentation_section(records: Mapping[str, Mapping]) -> list[str]:
     n = max((len(r["per_subject"]) for r in records.values()), default=0)
     lines += ["", f"{convention} Aggregate: {evaluation.STD_CONVENTION} n = {n} subjects "
               "with a tumor.", ""]
-    for name, record in records.items():
-        if len(record.get("seeds") or ()) > 1:
-            lines.append(f"- `{name}`, training seeds {', '.join(map(str, record['seeds']))} "
-                         "(each subject's Dice is its mean over the seeds; the segmenter is "
-                         "retrained with each seed): whole-tumor Dice with each seed, "
-                         + _per_seed_text(record["seed_spread"], "dice_whole_tumor"))
-    if any(len(r.get("seeds") or ()) > 1 for r in records.values()):
-        lines.append("")
-    lines += notes + ([""] if notes else [])
+    per_seed = [f"- `{name}`, training seeds {', '.join(map(str, record['seeds']))} "
+                "(each subject's Dice is its mean over the seeds; the segmenter is retrained "
+                "with each seed): whole-tumor Dice with each seed, "
+                + _per_seed_text(record["seed_spread"], "dice_whole_tumor")
+                for name, record in records.items() if _several_seeds(record)]
+    lines += per_seed + ([""] if per_seed else []) + notes + ([""] if notes else [])
     return lines
 
 
@@ -248,11 +250,11 @@ def study_markdown(result, *, title: str, relative_to: str | None = None) -> str
                      f"stages {', '.join(model['stages'])}, {model['num_subjects']} subjects "
                      f"(`{_path_from(model['eval'], relative_to)}`)")
     lines += ["", study_table(result), ""]
-    seeds = {tuple(m["seeds"]) for m in result["models"].values() if m.get("seeds")}
-    if seeds and len(next(iter(seeds))) == 1:
-        lines += [f"Training seed {next(iter(seeds))[0]}.", ""]
+    seeds = next((tuple(m["seeds"]) for m in result["models"].values() if m.get("seeds")), ())
+    if len(seeds) == 1:
+        lines += [f"Training seed {seeds[0]}.", ""]
     elif seeds:
-        lines += [f"Training seeds {', '.join(map(str, next(iter(seeds))))}: each subject's "
+        lines += [f"Training seeds {', '.join(map(str, seeds))}: each subject's "
                   "score is its mean over the seeds; ± is the sd over subjects, [seeds ± …] "
                   "the sd over seeds of the split mean.", ""]
     if result["wilcoxon"]:

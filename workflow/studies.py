@@ -217,13 +217,17 @@ def with_seed(vconfig, seed: int | None):
     return seeded
 
 
+def _common_subjects(tables: Sequence[Mapping]) -> list:
+    """The subjects every seed's per-subject table holds, in the first table's order."""
+    return [s for s in tables[0] if all(s in t for t in tables)]
+
+
 def mean_over_seeds(tables: Sequence[Mapping]) -> dict:
     """``{subject: {group: {key: mean}}}`` over the seeds' per-subject tables, for the
     subjects every seed scored and the keys every seed has (a group is a contrast, or the
     segmenter's input source)."""
-    common = [s for s in tables[0] if all(s in t for t in tables)]
     averaged = {}
-    for subject in common:
+    for subject in _common_subjects(tables):
         averaged[subject] = {}
         for group, scores in tables[0][subject].items():
             keys = [k for k in scores if all(k in t[subject].get(group, {}) for t in tables)]
@@ -235,7 +239,7 @@ def mean_over_seeds(tables: Sequence[Mapping]) -> dict:
 def seed_spread(tables: Sequence[Mapping]) -> dict:
     """``{group: {key: {"means": per-seed split means, "std": their sample sd}}}`` over the
     subjects every seed scored."""
-    common = [s for s in tables[0] if all(s in t for t in tables)]
+    common = _common_subjects(tables)
     seed_means = [evaluation.aggregate({s: t[s] for s in common}) for t in tables]
     spread = {}
     for group, entry in seed_means[0].items():
