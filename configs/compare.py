@@ -30,7 +30,8 @@ of those two take about 90 min there; pix2pix, Swin-UNet, the physics baseline a
 per-voxel MLP with seeds (1,2) took 56.5 min more there: 11-12, 7-8.3, 3.3 and 5.3-5.7 min
 a seed),
 `paper` (no argument) the paper's sizes.
-Several training seeds: --config.study.seeds="(0,1,2)" (workflow.studies).
+Several training seeds: --config.study.seeds="(0,1,2)" (workflow.studies); one seed's own
+report beside the seed means: --config.study.report_seeds="(1,)" (WORKDIR/comparison_seed1/).
 """
 
 import ml_collections
@@ -105,6 +106,7 @@ def study_section(*, split, variants, reference="", pairs=(), title=""):
     study.only = ()  # names of a subset of the variants to run; empty: all
     study.num_figure_subjects = 2
     study.seeds = ()  # training seeds; empty: config.seed only (workflow.studies)
+    study.report_seeds = ()  # seeds of study.seeds that also get comparison_seed<N>/
     study.variants = ml_collections.ConfigDict(variants, sort_keys=False)  # run in this order
     return study
 

@@ -272,6 +272,11 @@ def test_scores_over_training_seeds_are_subject_means_with_the_seed_spread():
     report = study.reports.study_markdown(combined, title="t")
     assert f"[seeds ± {spread['std']:.2f}]" in report  # MAE: 2 decimals
     assert "Training seeds 0, 1, 2" in report
+    config.study.seeds, config.study.report_seeds = (1, 2), (2, 2)
+    assert study.study_report_seeds(config, (1, 2)) == (2,)
+    config.study.report_seeds = (3,)
+    with pytest.raises(UserError, match="seed 3 is not one of"):
+        study.study_report_seeds(config, (1, 2))
     config.study.seeds = (1, 1)
     with pytest.raises(UserError, match="repeats"):
         study.study_seeds(config)
@@ -336,7 +341,7 @@ def test_interval_scores_and_dice_over_training_seeds_are_subject_means_too():
 
 @pytest.mark.slow
 def test_a_study_over_two_seeds_trains_each_variant_twice(tmp_path, tiny_cohort):
-    config = _tiny(compare, tiny_cohort, only=("physics",), seeds=(0, 1),
+    config = _tiny(compare, tiny_cohort, only=("physics",), seeds=(0, 1), report_seeds=(1,),
                    num_figure_subjects=0)
     result = study.run_study(config, tmp_path / "w", stream=io.StringIO())
     for name in ("qsnet", "physics"):
@@ -357,6 +362,13 @@ def test_a_study_over_two_seeds_trains_each_variant_twice(tmp_path, tiny_cohort)
     assert first != second
     assert result["models"]["qsnet"]["per_subject"][subject]["t1w"]["mae"] == pytest.approx(
         (first + second) / 2)
+    # report_seeds=(1,): seed 1's own report holds seed 1's evaluation, score for score
+    own = tmp_path / "w" / "comparison_seed1"
+    with open(own / "metrics.json") as f:
+        seed_one = json.load(f)["models"]["qsnet"]
+    assert seed_one["seeds"] == [1] and seed_one["per_subject"] == scores[1]
+    assert "Training seed 1." in (own / "report.md").read_text()
+    assert not (tmp_path / "w" / "comparison_seed0").exists()
 
 
 def test_a_finished_variant_moves_between_study_workdirs(tmp_path):

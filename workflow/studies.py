@@ -26,6 +26,10 @@ plus a ``study`` section:
   spread across seeds (sd of the per-seed split means) next to the spread across subjects.
   The interval scores (coverage, width) and the downstream Dice are averaged the same way;
   the conformal quantiles, the timing and the figures are the first seed's.
+- ``study.report_seeds``: seeds of ``study.seeds`` that also get a report of their own, in
+  ``WORKDIR/comparison_seed<seed>/`` (the same layout as ``comparison/``): one seed's table,
+  tests and figures, as a study run with that seed alone would write them. Finished
+  variants are reused, so adding it to a finished study costs only the reports.
 
 Every variant, the physics baseline included, goes through ``workflow.train_eval.run`` (the
 physics baseline's closed-form fit writes an ordinary checkpoint) and is evaluated and drawn
@@ -303,6 +307,20 @@ def study_seeds(config) -> tuple[int, ...]:
     return seeds
 
 
+def study_report_seeds(config, seeds: Sequence[int]) -> tuple[int, ...]:
+    """config.study.report_seeds as ints, each one of `seeds` (UserError otherwise)."""
+    wanted = tuple(config.study.get("report_seeds", ()) or ())
+    try:
+        wanted = tuple(dict.fromkeys(int(s) for s in wanted))
+    except (TypeError, ValueError):
+        raise UserError(f"config.study.report_seeds={wanted!r}: expected integers") from None
+    missing = [s for s in wanted if s not in seeds]
+    if missing:
+        raise UserError(f"config.study.report_seeds: seed {missing[0]} is not one of "
+                        f"config.study.seeds={tuple(seeds)!r}")
+    return wanted
+
+
 def seed_workdir(workdir: str, seed: int | None) -> str:
     """Where the variants of one training seed live: WORKDIR without study seeds,
     WORKDIR/seeds/<seed>/ with them."""
@@ -318,6 +336,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, make_parents: 
         train_eval.configure_runtime(config)  # quiet INFO logs (e.g. JAX's backend probing)
     names, configs, pairs = study_plan(config)
     seeds = study_seeds(config)
+    report_seeds = study_report_seeds(config, seeds)
     workdir = train_eval.check_workdir(workdir, make_parents=make_parents)
     split = str(config.study.split)
     cohort_dirs = {name: cohorts.get_cohort(vconfig) for name, vconfig in configs.items()}
@@ -338,14 +357,21 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, make_parents: 
             per_seed[name].append(run_variant(
                 label, seeded[name], os.path.join(folder, name), split, cohort_dirs[name],
                 index=s * len(names) + i + 1, total=total, stream=stream))
-    runs = {name: average_over_seeds(records, seeds) if seeds else records[0]
-            for name, records in per_seed.items()}
-    result = combine(runs, configs, pairs, split=split,
-                     reference=str(config.study.get("reference", "")))
-    out_dir = os.path.join(workdir, COMPARISON_DIR)
-    write_outputs(result, runs, configs, cohort_dirs, out_dir, config=config)
-    _say(stream, f"[study] wrote {out_dir}")
-    return result
+    reference = str(config.study.get("reference", ""))
+
+    def report(runs, folder):
+        result = combine(runs, configs, pairs, split=split, reference=reference)
+        out_dir = os.path.join(workdir, folder)
+        write_outputs(result, runs, configs, cohort_dirs, out_dir, config=config)
+        _say(stream, f"[study] wrote {out_dir}")
+        return result
+
+    for seed in report_seeds:  # each a one-seed study's report, from that seed's runs
+        position = seeds.index(seed)
+        report({name: average_over_seeds([records[position]], (seed,))
+                for name, records in per_seed.items()}, f"{COMPARISON_DIR}_seed{seed}")
+    return report({name: average_over_seeds(records, seeds) if seeds else records[0]
+                   for name, records in per_seed.items()}, COMPARISON_DIR)
 
 
 def combine(runs: Mapping[str, dict], configs: Mapping, pairs: Sequence[tuple[str, str]], *,
