@@ -244,6 +244,26 @@ def test_variant_names_are_ordered_as_written():
         .freeze_encoder_steps == 10
 
 
+def test_study_progress_paces_the_variants_left_by_the_trained_ones():
+    """The estimate is (variants still to train) x (mean time of the trained ones): reused
+    variants count as done and set no pace."""
+    now = [100.0]
+    progress = study.StudyProgress(total=5, to_train=3, clock=lambda: now[0])
+    now[0] += 2
+    assert progress.record(2.0, trained=False) == \
+        "[study] 1/5 variants done, 0m02s so far; 3 still to train"
+    now[0] += 600
+    assert progress.record(600.0, trained=True) == (
+        "[study] 2/5 variants done, 10m02s so far; 2 still to train, about 20m00s left at "
+        "this study's pace (10m00s a variant; variants differ)")
+    now[0] += 1200
+    line = progress.record(1200.0, trained=True)
+    assert line.startswith("[study] 3/5 variants done, 30m02s so far; 1 still to train, "
+                           "about 15m00s left")  # (600 + 1200) / 2
+    now[0] += 900
+    assert progress.record(900.0, trained=True) == "[study] 4/5 variants done, 45m02s so far"
+
+
 def test_scores_over_training_seeds_are_subject_means_with_the_seed_spread():
     """average_over_seeds against a NumPy recomputation: a subject's score is its mean over
     the seeds (over the subjects every seed scored), the spread is the sample sd of the

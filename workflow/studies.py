@@ -56,6 +56,7 @@ import numpy as np
 
 from qsnet_jax import evaluation, io
 from qsnet_jax import uncertainty as unc
+from qsnet_jax.train.loop import format_duration
 from workflow import cohorts, evaluate, reports, train_eval
 from workflow.errors import UserError
 from workflow.overrides import apply_override
@@ -151,6 +152,37 @@ def study_plan(config: ml_collections.ConfigDict):
 
 def _say(stream, text: str):
     print(text, file=stream, flush=True)
+
+
+class StudyProgress:
+    """Where a study stands after each variant: the variants done, the time so far, and an
+    estimate of the time left from this study's own pace, the mean time of the variants it
+    trained so far (evaluation included) times the variants still to train. Reused variants
+    count as done but set no pace. The variants of a study differ (a physics fit takes
+    minutes, QS-Net a quarter of an hour), so the estimate is rough, and says so."""
+
+    def __init__(self, total: int, to_train: int, clock=time.time):
+        self.total, self.to_train, self.clock = total, to_train, clock
+        self.start = clock()
+        self.done = self.trained = 0
+        self.training_seconds = 0.0
+
+    def record(self, seconds: float, *, trained: bool) -> str:
+        """Count one finished variant (`seconds` it took); returns the progress line."""
+        self.done += 1
+        if trained:
+            self.trained += 1
+            self.training_seconds += seconds
+        left = self.to_train - self.trained
+        line = (f"[study] {self.done}/{self.total} variants done, "
+                f"{format_duration(self.clock() - self.start)} so far")
+        if left and self.trained:
+            pace = self.training_seconds / self.trained
+            line += (f"; {left} still to train, about {format_duration(left * pace)} left at "
+                     f"this study's pace ({format_duration(pace)} a variant; variants differ)")
+        elif left:
+            line += f"; {left} still to train"
+        return line
 
 
 def _check_same_config(vdir: str, vconfig, name: str):
@@ -346,17 +378,24 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, make_parents: 
     _say(stream, f"[study] {len(names)} variant(s) on split {split}: {', '.join(names)}"
          + (f"; training seeds {', '.join(map(str, seeds))}" if seeds else ""))
     per_seed = {name: [] for name in names}
-    total = len(names) * max(len(seeds), 1)
-    for s, seed in enumerate(seeds or (None,)):
+    seeded = {seed: {name: with_seed(c, seed) for name, c in configs.items()}
+              for seed in seeds or (None,)}
+    untrained = {(seed, name): not train_eval.is_trained(
+        vconfigs[name], os.path.join(seed_workdir(workdir, seed), name))
+        for seed, vconfigs in seeded.items() for name in names}
+    progress = StudyProgress(len(untrained), sum(untrained.values()))
+    for s, (seed, vconfigs) in enumerate(seeded.items()):
         folder = seed_workdir(workdir, seed)
         os.makedirs(folder, exist_ok=True)
-        seeded = {name: with_seed(c, seed) for name, c in configs.items()}
-        share_segmenter(seeded, folder)
+        share_segmenter(vconfigs, folder)
         for i, name in enumerate(names):
             label = name if seed is None else f"{name} (seed {seed})"
+            started = time.time()
             per_seed[name].append(run_variant(
-                label, seeded[name], os.path.join(folder, name), split, cohort_dirs[name],
-                index=s * len(names) + i + 1, total=total, stream=stream))
+                label, vconfigs[name], os.path.join(folder, name), split, cohort_dirs[name],
+                index=s * len(names) + i + 1, total=progress.total, stream=stream))
+            _say(stream, progress.record(time.time() - started,
+                                         trained=untrained[seed, name]))
     reference = str(config.study.get("reference", ""))
 
     def report(runs, folder):

@@ -91,7 +91,8 @@ def poison_batch(batch: dict) -> dict:
     return batch
 
 
-def _format_duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``12m05s`` or ``1h02m``; ``?`` for an unknown (infinite) duration."""
     if not math.isfinite(seconds):
         return "?"
     seconds = int(round(seconds))
@@ -316,7 +317,7 @@ def train_stage(config: ml_collections.ConfigDict, *, stage: str, stage_dir: str
                       f"slices/s, input {means['input_seconds_per_step']:.3f} s/step"
                       if "step_seconds" in means else "timing from the next interval")
             log(f"[{stage}] step {step}/{total_steps} | {losses} | lr={means['learning_rate']:.3g}"
-                f" | {timing} | ETA {_format_duration(eta)}")
+                f" | {timing} | ETA {format_duration(eta)}")
 
         if step % train_config.image_every_steps == 0 or is_last:
             predictor.variables = state.generator_variables(use_ema=use_ema)
