@@ -359,6 +359,48 @@ def test_interval_scores_and_dice_over_training_seeds_are_subject_means_too():
         run(0)["uncertainty"]
 
 
+def test_a_ground_truth_dice_every_model_shares_is_one_row():
+    """The study's one segmenter on the same ground truth gives every model the same
+    ground-truth Dice: one table row (mean ± sd against NumPy) and one per-seed line; a model
+    whose ground-truth scores differ keeps rows of its own."""
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+    subjects = ["s1", "s2", "s3"]
+    truth = rng.uniform(0.6, 0.9, (2, 3))  # [seed, subject], shared by the models
+
+    def run(seed, synthesized):
+        per_subject = {s: {"ground truth": {"dice_whole_tumor": float(truth[seed, j])},
+                           "synthesized": {"dice_whole_tumor": synthesized[j]}}
+                       for j, s in enumerate(subjects)}
+        return {"stage_dir": "/w", "metrics_path": "m.json", "model": "m",
+                "per_subject": {s: {"t1w": {"mae": 1.0}} for s in subjects},
+                "uncertainty": None,
+                "segmentation": {"per_subject": per_subject, "convention": "c"}}
+
+    synthesized = {name: rng.uniform(0, 1, (2, 3)) for name in ("a", "b")}
+    records = {name: study.average_over_seeds(
+        [run(seed, values[seed].tolist()) for seed in (0, 1)], (0, 1))["segmentation"]
+        for name, values in synthesized.items()}
+    lines = study.reports.segmentation_section(records)
+    rows = [line for line in lines if line.startswith("| ") and "ground truth" in line]
+    mean_over_seeds = truth.mean(axis=0)
+    expected = f"{mean_over_seeds.mean():.3f} ± {np.std(mean_over_seeds, ddof=1):.3f}"
+    assert len(rows) == 1 and rows[0].startswith("| every model | ground truth |")
+    assert rows[0].endswith(f"| {expected} |")
+    assert sum("| synthesized |" in line for line in lines) == 2
+    a_means = synthesized["a"].mean(axis=0)
+    assert f"| a | synthesized | – | – | – | {a_means.mean():.3f} ± " \
+           f"{np.std(a_means, ddof=1):.3f} |" in lines
+    seeds = " / ".join(f"{m:.3f}" for m in truth.mean(axis=1))
+    assert f"  - ground truth (every model): {seeds}" in lines
+    # b's segmenter saw other ground truth: each model shows its own
+    records["b"]["per_subject"]["s1"]["ground truth"]["dice_whole_tumor"] += 0.01
+    lines = study.reports.segmentation_section(records)
+    assert sum("| ground truth |" in line for line in lines) == 2
+    assert not any("every model" in line for line in lines)
+
+
 @pytest.mark.slow
 def test_a_study_over_two_seeds_trains_each_variant_twice(tmp_path, tiny_cohort):
     config = _tiny(compare, tiny_cohort, only=("physics",), seeds=(0, 1), report_seeds=(1,),

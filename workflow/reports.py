@@ -20,6 +20,7 @@ from qsnet_jax import evaluation, figures, inference, models
 from qsnet_jax.metrics import METRIC_NAMES, REGIONS
 from qsnet_jax.models import segmenter
 from workflow import cohorts, rescale, synthesize
+from workflow.uncertainty import GROUND_TRUTH, SYNTHESIZED
 
 SCORE_FIELDS = ("subject", "contrast", "region") + METRIC_NAMES
 
@@ -129,45 +130,77 @@ def _several_seeds(record: Mapping) -> bool:
 def _per_seed_text(spread: Mapping, key: str) -> str:
     """"T1w 0.891 / 0.885, ...": a score's split mean with each seed, per contrast (or
     segmenter input)."""
-    return ", ".join(f"{evaluation.contrast_title(group)} "
-                     + " / ".join(f"{m:.3f}" for m in entry[key]["means"])
+    return ", ".join(f"{evaluation.contrast_title(group)} {_seed_means(entry[key])}"
                      for group, entry in spread.items() if key in entry)
+
+
+def _seed_means(spread_entry: Mapping) -> str:
+    """"0.891 / 0.885": one score's split mean with each seed."""
+    return " / ".join(f"{m:.3f}" for m in spread_entry["means"])
 
 
 def segmentation_section(records: Mapping[str, Mapping]) -> list[str]:
     """Markdown lines: the downstream Dice per sub-region, of the segmenter run on the
     ground-truth and on the synthesized contrasts (``{model: metrics.json's
-    "segmentation" entry}``)."""
+    "segmentation" entry}``). Where every model's ground-truth scores are the same (one
+    segmenter shared by the study, on the same subjects), they are one row, not a copy per
+    model."""
     regions = list(segmenter.SUBREGIONS)
     header = ["Model", "Segmented contrasts"] + [f"Dice {r.replace('_', ' ')}" for r in regions]
     lines = ["## Downstream tumor segmentation (BraSyn)", "",
              "| " + " | ".join(header) + " |",
              "|" + "|".join([":---", ":---"] + ["---:"] * len(regions)) + "|"]
-    convention = ""
     notes = [f"- `{name}`: {r['note']}" for name, r in records.items() if "summary" not in r]
     records = {name: r for name, r in records.items() if "summary" in r}
     if not records:
         return ["## Downstream tumor segmentation (BraSyn)", ""] + notes + [""]
+    shared = len(records) > 1 and _same_ground_truth(records.values())
+
+    def row(model, source, entry):
+        cells = [model, source]
+        for region in regions:
+            value = entry.get(f"dice_{region}")
+            cells.append("–" if value is None else evaluation.format_mean_std(
+                value["mean"], value["std"], "dice"))
+        return "| " + " | ".join(cells) + " |"
+
+    if shared:
+        first = next(iter(records.values()))
+        lines.append(row("every model", GROUND_TRUTH, first["summary"].get(GROUND_TRUTH, {})))
     for name, record in records.items():
-        convention = record["convention"]
-        for source in ("ground truth", "synthesized"):
-            entry = record["summary"].get(source, {})
-            cells = [name, source]
-            for region in regions:
-                value = entry.get(f"dice_{region}")
-                cells.append("–" if value is None else evaluation.format_mean_std(
-                    value["mean"], value["std"], "dice"))
-            lines.append("| " + " | ".join(cells) + " |")
-    n = max((len(r["per_subject"]) for r in records.values()), default=0)
+        for source in (SYNTHESIZED,) if shared else (GROUND_TRUTH, SYNTHESIZED):
+            lines.append(row(name, source, record["summary"].get(source, {})))
+    convention = next(iter(records.values()))["convention"]
+    n = max(len(r["per_subject"]) for r in records.values())
     lines += ["", f"{convention} Aggregate: {evaluation.STD_CONVENTION} n = {n} subjects "
               "with a tumor.", ""]
-    per_seed = [f"- `{name}`, training seeds {', '.join(map(str, record['seeds']))} "
-                "(each subject's Dice is its mean over the seeds; the segmenter is retrained "
-                "with each seed): whole-tumor Dice with each seed, "
-                + _per_seed_text(record["seed_spread"], "dice_whole_tumor")
-                for name, record in records.items() if _several_seeds(record)]
+    seeded = {name: r for name, r in records.items() if _several_seeds(r)}
+    per_seed = []
+    if seeded:
+        first = next(iter(seeded.values()))
+        per_seed.append(f"- Training seeds {', '.join(map(str, first['seeds']))}: each "
+                        "subject's Dice is its mean over the seeds; the segmenter is retrained "
+                        "with each seed. Whole-tumor Dice with each seed:")
+        if shared:
+            per_seed.append(f"  - {GROUND_TRUTH} (every model): " + _seed_means(
+                first["seed_spread"][GROUND_TRUTH]["dice_whole_tumor"]))
+        for name, record in seeded.items():
+            spread = ({SYNTHESIZED: record["seed_spread"][SYNTHESIZED]} if shared
+                      else record["seed_spread"])
+            per_seed.append(f"  - `{name}`: " + _per_seed_text(spread, "dice_whole_tumor"))
     lines += per_seed + ([""] if per_seed else []) + notes + ([""] if notes else [])
     return lines
+
+
+def _same_ground_truth(records) -> bool:
+    """Whether the models' ground-truth Dice are identical, subject by subject (and seed by
+    seed): the same segmenter on the same ground truth."""
+    def ground_truth(record):
+        per_subject = {s: v.get(GROUND_TRUTH) for s, v in record["per_subject"].items()}
+        spread = (record.get("seed_spread") or {}).get(GROUND_TRUTH)
+        return per_subject, spread, tuple(record.get("seeds") or ())
+    first, *rest = (ground_truth(r) for r in records)
+    return all(other == first for other in rest)
 
 
 # ------------------------------------------------------------------ a study

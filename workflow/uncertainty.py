@@ -29,6 +29,9 @@ from qsnet_jax.train import checkpoints
 from workflow import cohorts, synthesize
 from workflow.errors import UserError
 
+# what the downstream segmenter is run on, as metrics.json and the reports name it
+GROUND_TRUTH, SYNTHESIZED = "ground truth", "synthesized"
+
 UNCERTAINTY_DIR = "uncertainty"
 SCALE_NET_FILE = "scale_net.msgpack"
 CALIBRATION_FILE = "calibration.json"
@@ -480,9 +483,9 @@ def fit_or_load_segmenter(config, folder: str, root: str, *, stream=sys.stderr):
 
 def downstream_dice(segment_fn, target, prediction, brain_mask, labels, *,
                     batch_size: int) -> dict[str, dict[str, float]]:
-    """``{"ground truth": dice, "synthesized": dice}`` of one subject."""
+    """``{GROUND_TRUTH: dice, SYNTHESIZED: dice}`` of one subject."""
     scores = {}
-    for source, volume in (("ground truth", target), ("synthesized", prediction)):
+    for source, volume in ((GROUND_TRUTH, target), (SYNTHESIZED, prediction)):
         predicted = segmenter.segment_volume(segment_fn, volume, brain_mask,
                                              batch_size=batch_size)
         scores[source] = segmenter.dice_scores(predicted, labels, brain_mask)
