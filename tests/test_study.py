@@ -292,6 +292,13 @@ def test_scores_over_training_seeds_are_subject_means_with_the_seed_spread():
     report = study.reports.study_markdown(combined, title="t")
     assert f"[seeds ± {spread['std']:.2f}]" in report  # MAE: 2 decimals
     assert "Training seeds 0, 1, 2" in report
+    # a one-seed study's report renders again from its metrics.json (the NaN sd read back
+    # as null), as from the run itself
+    single = study.combine({"qsnet": study.average_over_seeds(runs[:1], (0,))},
+                           {"qsnet": config}, [], split="gbm_test", reference="")
+    read_back = json.loads(json.dumps(evaluation.jsonable(single), allow_nan=False))
+    assert study.reports.study_markdown(read_back, title="t") == \
+        study.reports.study_markdown(single, title="t")
     config.study.seeds, config.study.report_seeds = (1, 2), (2, 2)
     assert study.study_report_seeds(config, (1, 2)) == (2,)
     config.study.report_seeds = (3,)

@@ -229,9 +229,9 @@ def _contrasts(result) -> list[str]:
 
 def _seed_text(model, contrast: str, key: str, metric: str) -> str:
     """`` [seeds ± sd]``: the sd over training seeds of the split mean, where there are
-    several seeds."""
+    several seeds (one seed's sd is NaN, null when read back from metrics.json)."""
     spread = model.get("seed_spread", {}).get(contrast, {}).get(key)
-    if not spread or not np.isfinite(spread["std"]):
+    if not spread or spread["std"] is None or not np.isfinite(spread["std"]):
         return ""
     return f" [seeds ± {spread['std']:.{evaluation.METRIC_DECIMALS.get(metric, 3)}f}]"
 
