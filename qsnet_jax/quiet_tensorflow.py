@@ -10,7 +10,7 @@ would stand in front of the one line a bad input is answered with.
 ``sys.meta_path`` that, on the first ``import tensorflow`` of the process (from anywhere:
 the project, clu, TFDS), runs TensorFlow's own module code with file descriptor 2
 captured, then writes back every captured line except those notices. The finder removes
-itself on that first use; a process that imported TensorFlow before is left alone.
+itself when that code runs; a process that imported TensorFlow before is left alone.
 """
 
 from __future__ import annotations
@@ -58,19 +58,28 @@ def stderr_without(drop: Callable[[str], bool]):
 
 class _QuietFirstImport(importlib.abc.MetaPathFinder):
     """Finds nothing itself: hands the import of ``tensorflow`` to the finders after it, with
-    that module's execution wrapped in `stderr_without(NOTICES)`."""
+    that module's execution wrapped in `stderr_without(NOTICES)`. It stays in place until
+    TensorFlow's module code runs, so a mere availability check (``find_spec``) does not
+    use it up."""
+
+    def __init__(self):
+        self._searching = False
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != "tensorflow":
+        if fullname != "tensorflow" or self._searching:
             return None
-        uninstall()
-        spec = importlib.util.find_spec(fullname)
+        self._searching = True  # the search below asks this finder again
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._searching = False
         if spec is None or not hasattr(spec.loader, "exec_module"):
             return spec
         loader = spec.loader
         plain = loader.exec_module
 
         def exec_module(module):
+            uninstall()
             del loader.exec_module  # the loader's own method again, after this one call
             with stderr_without(lambda line: NOTICES.search(line) is not None):
                 plain(module)

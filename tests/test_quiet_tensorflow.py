@@ -22,7 +22,9 @@ def test_the_first_tensorflow_import_through_the_project_prints_no_notices():
     plain = _stderr_of("import tensorflow")
     if not quiet_tensorflow.NOTICES.search(plain):
         pytest.skip("this TensorFlow prints none of the notices at import")
-    quiet = _stderr_of("import qsnet_jax, sys; from clu import metric_writers; "
+    quiet = _stderr_of("import qsnet_jax, sys, importlib.util; "
+                       "assert importlib.util.find_spec('tensorflow') is not None; "
+                       "from clu import metric_writers; "
                        "import tensorflow as tf; assert tf.constant(2).numpy() == 2; "
                        "assert 'tensorflow' in sys.modules; print('after', file=sys.stderr)")
     assert quiet == "after\n"
