@@ -131,12 +131,10 @@ ENTRY_POINTS_THAT_PARSE_FIRST = ("experiments.main", "experiments.compare", "exp
 
 def test_project_imports_are_at_module_top():
     # a deferred import hides a module's dependencies (and a cycle) from its reader; the
-    # phantom CLI and benchmarks of other owners are listed in docs/design.md section 10
+    # phantom modules that defer some are listed in docs/design.md section 10
     deferred = []
     for module, path in MODULES.items():
         if module.split(".")[0] not in ("qsnet_jax", "workflow", "experiments", "configs"):
-            continue
-        if module in ("experiments.bench_train", "experiments.bench_phantom"):
             continue
         every = project_imports(path, top_level_only=False)
         top = project_imports(path, top_level_only=True)

@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from data_pipelines import input_pipeline, tfds_builder
+from data_pipelines.phantom import presets, simulate, writer
 from qsnet_jax import inference, io, metrics, models
 from qsnet_jax.models import layers
 from qsnet_jax.physics.channels import ALL_CHANNELS
@@ -365,3 +366,95 @@ def bench_pipeline(data_config, args) -> dict:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+# ------------------------------------------------------------------ phantom cohort builds
+
+PHANTOM_TARGETS = {"quick_seconds": 180, "paper_minutes": 30}  # issue 18's build times
+
+
+def bench_phantom_quick(jobs: int) -> dict:
+    """The whole quick preset built with the CLI's code path in `jobs` workers (measured)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        seconds = writer.build_into(tmp, presets.PRESETS["quick"], 0, jobs=jobs,
+                                    log=lambda line: None)
+        total = time.perf_counter() - start
+    return {"quick_build_seconds_measured": round(total, 1),
+            "quick_seconds_per_subject_measured": {k: round(v, 1) for k, v in
+                                                   seconds.items()},
+            "quick_target_seconds": PHANTOM_TARGETS["quick_seconds"]}
+
+
+def alternating_specs(specs, count: int) -> list:
+    """`count` subjects, healthy and GBM alternating (fewer if the preset runs out)."""
+    groups = {"healthy": [s for s in specs if s.group == "healthy"],
+              "gbm": [s for s in specs if s.group == "gbm"]}
+    chosen = []
+    for i in range(count):
+        pool = groups["healthy" if i % 2 == 0 else "gbm"] or groups["healthy"] or groups["gbm"]
+        if pool:
+            chosen.append(pool.pop(0))
+    return chosen
+
+
+def extrapolate_build(first, later, counts, *, model_seconds: float, jobs: int) -> dict:
+    """The full cohort's build time on `jobs` cores from measured subjects.
+
+    ``first``: (group, seconds) of each worker's first subject, which also pays the worker's
+    one-time start-up; ``later``: (group, seconds) of subjects built on warm workers (empty:
+    the first ones stand in, start-up counted in every subject, pessimistic); ``counts``:
+    ``{group: subjects in the cohort}``. Estimate: model + start-up + sum over groups of
+    steady(group) x count(group) / jobs, steady(group) the mean later time of the group (the
+    mean of all later subjects for a group none of them had), start-up the mean excess of a
+    first subject over its group's steady time (>= 0).
+    """
+    result = {}
+    if not later:
+        later = first
+        result["note"] = "one round: worker start-up counted in every subject (pessimistic)"
+    steady = {g: [t for h, t in later if h == g] for g in counts}
+    mean = {g: sum(v) / len(v) for g, v in steady.items() if v}
+    startup = 0.0
+    if "note" not in result:
+        startup = max(0.0, sum(t - mean.get(g, t) for g, t in first) / len(first))
+        result["worker_startup_seconds"] = round(startup, 1)
+    overall = sum(t for _, t in later) / len(later)
+    total = model_seconds + startup + sum(mean.get(g, overall) * n
+                                          for g, n in counts.items()) / jobs
+    result["steady_seconds_per_subject"] = {g: round(v, 1) for g, v in mean.items()}
+    result["full_cohort_seconds_extrapolated"] = round(total, 1)
+    result["full_cohort_minutes_extrapolated"] = round(total / 60.0, 1)
+    return result
+
+
+def bench_phantom_paper(rounds: int, jobs: int) -> dict:
+    """The paper preset: the MRF model (timed), then `rounds` rounds of `jobs` 1 mm subjects
+    (healthy and GBM alternating) built side by side with the CLI's code path, so every time
+    is measured under a real build's load; the full cohort extrapolated
+    (`extrapolate_build`)."""
+    preset = presets.PRESETS["paper"]
+    simulate.mrf_model.cache_clear()  # quick shares the MRF model: time it afresh
+    start = time.perf_counter()
+    simulate.model_for(preset)  # timed here; build_into below reuses the cached model
+    model_s = time.perf_counter() - start
+    chosen = alternating_specs(writer.subject_specs(preset, 0), rounds * jobs)
+    with tempfile.TemporaryDirectory() as tmp:
+        # Workers take the subjects in order, one at a time, and a subject takes minutes, so
+        # the first `jobs` subjects land one per fresh worker and the rest on warm ones.
+        build_start = time.perf_counter()
+        seconds = writer.build_into(tmp, preset, 0, jobs=jobs,
+                                    subjects=[s.subject for s in chosen], log=lambda line: None)
+        build_s = time.perf_counter() - build_start
+        shape = nib.load(os.path.join(tmp, chosen[0].subject, "t1map.nii.gz")).shape
+    first = [(s.group, seconds[s.subject]) for s in chosen[:jobs]]
+    later = [(s.group, seconds[s.subject]) for s in chosen[jobs:]]
+    counts = {"healthy": 0, "gbm": 0}
+    for _, group, _, n in preset.splits:
+        counts[group] += n
+    return {"model_seconds": round(model_s, 1), "jobs": jobs, "subject_shape": list(shape),
+            "subjects": counts, "built": len(chosen),
+            "build_wall_seconds_measured": round(build_s, 1),
+            "first_subject_per_worker_seconds": [[g, round(t, 1)] for g, t in first],
+            **extrapolate_build(first, later, counts, model_seconds=model_s, jobs=jobs),
+            "paper_target_minutes": PHANTOM_TARGETS["paper_minutes"]}
