@@ -12,7 +12,9 @@ The bench size (10 GBM test subjects) took 51 min for the five ablated variants 
 folder to WORKDIR/full; otherwise 13.5 min more); README, Studies. Two more training seeds
 (--config.study.seeds="(1,2)", the full models copied from the seed-1 and seed-2 bench
 comparisons) took 99 min on a 2-core AMD EPYC Zen 4 with other work beside it for about 35:
-47-52 min per seed, so one seed per study stays within the hour.
+47-52 min per seed, so one seed per study stays within the hour. The 2.5D variant with
+seeds 1 and 2 alone (--config.study.only="('full','context_2_5d')", the same full models)
+took 40 min there beside a test run, 20 min a seed.
 """
 
 import ml_collections
