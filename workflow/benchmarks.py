@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import csv
 import io as text_io
+import json
 import os
 import re
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +25,7 @@ import numpy as np
 
 from data_pipelines import input_pipeline, tfds_builder
 from data_pipelines.phantom import presets, simulate, writer
-from qsnet_jax import inference, io, metrics, models
+from qsnet_jax import inference, io, metrics, models, xla_cpu
 from qsnet_jax.models import layers
 from qsnet_jax.physics.channels import ALL_CHANNELS
 from qsnet_jax.physics.dictionary import build_dictionary, dictionary_grid, match
@@ -95,6 +99,59 @@ def time_conv_layer(spec: str, *, batch: int, repeats: int) -> dict:
 
 
 # ------------------------------------------------------------------ generators
+
+
+# library -> the YNNPACK fusion option's value: YNNPACK keeps the matrix products in both;
+# "eigen" is what the project sets, "ynnpack" jaxlib's default
+CONV_LIBRARY_OPTIONS = {"eigen": xla_cpu.DEFAULT_OPTIONS[xla_cpu.YNN_FUSION_OPTION],
+                        "ynnpack": "individual_dot,individual_convolution"}
+TORCH_CONV_SCRIPT = os.path.join("benchmarks", "torch_conv_layers.py")
+
+
+def conv_library_environment(library: str) -> dict:
+    """This process's environment with XLA_FLAGS choosing ``library`` for convolutions."""
+    return dict(os.environ, XLA_FLAGS=xla_cpu.with_option(
+        os.environ.get("XLA_FLAGS", ""), xla_cpu.YNN_FUSION_OPTION,
+        CONV_LIBRARY_OPTIONS[library]))
+
+
+def json_lines_of(command: Sequence[str], env=None) -> list[dict]:
+    """The JSON lines a child prints; RuntimeError with its last output when it fails."""
+    done = subprocess.run(list(command), capture_output=True, text=True, env=env, check=False)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def bench_conv_libraries(layers: Sequence[str], *, batch: int, repeats: int,
+                         libraries: Sequence[str], torch_python: str = "") -> dict:
+    """Each layer timed by each XLA convolution library, one child process per library
+    (XLA reads its options once per process: ``experiments.bench_conv --child``), then by
+    PyTorch in `torch_python` if given; with the GFLOP/s side by side."""
+    common = [f"--layers={','.join(layers)}", f"--batch={batch}", f"--repeats={repeats}"]
+    result = {"batch": batch, "repeats": repeats, "layers": {spec: {} for spec in layers}}
+    for library in libraries:
+        for record in json_lines_of([sys.executable, "-m", "experiments.bench_conv", "--child",
+                                     *common], env=conv_library_environment(library)):
+            result["layers"][record["layer"]][library] = record
+    if torch_python:
+        for record in json_lines_of([torch_python, TORCH_CONV_SCRIPT, *common]):
+            result["layers"][record["layer"]][f"torch_{record['memory_format']}"] = record
+    result["gflop_per_sec"] = conv_summary_rows(result["layers"])
+    return result
+
+
+def conv_summary_rows(by_layer: dict) -> dict:
+    """``{layer: {pass: {library: GFLOP/s}}}``: the numbers to read side by side."""
+    rows = {}
+    for spec, records in by_layer.items():
+        passes = {}
+        for library, record in records.items():
+            for name in ("forward", "input_grad", "input_grad_xla", "weight_grad"):
+                if name in record:
+                    passes.setdefault(name, {})[library] = record[name]["gflop_per_sec"]
+        rows[spec] = passes
+    return rows
 
 
 def _median_seconds(fn, repeats):
