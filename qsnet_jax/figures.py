@@ -322,7 +322,9 @@ def training_curves_figure(scalars_by_stage: Mapping[str, Mapping[str, Sequence]
                     continue
                 steps, values = zip(*points, strict=True)
                 last = max(last, max(steps))
-                ax.plot(np.asarray(steps) + offset, values, marker="." if name != "l1" else None,
+                # the L1 curve is dense; a single logged interval still needs a marker
+                ax.plot(np.asarray(steps) + offset, values,
+                        marker="." if name != "l1" or len(steps) == 1 else None,
                         color=colors.get(name, "k"),
                         label=(contrast_title(name) if name in colors else None)
                         if index == 0 else None)
@@ -330,10 +332,16 @@ def training_curves_figure(scalars_by_stage: Mapping[str, Mapping[str, Sequence]
             ax.set_xlabel("step (stages in order)")
             if offset:
                 ax.axvline(offset, color="gray", linestyle=":", linewidth=1)
+        # at the stage's first step; kept out of the layout (in a run of a few steps step 0
+        # lies outside the axis, and the layout would shrink the panels to reach it)
         axes[0].text(offset, 1.0, f" {stage}", transform=axes[0].get_xaxis_transform(),
-                     fontsize=8, va="top")
+                     fontsize=8, va="top", clip_on=True).set_in_layout(False)
         offset += last
-    axes[0].set_yscale("log")
+    if any(tags.get("train/l1") for tags in scalars_by_stage.values()):
+        axes[0].set_yscale("log")
+    else:  # a run too short to log a training interval (only its validation)
+        axes[0].text(0.5, 0.5, "no training interval logged", ha="center", va="center",
+                     transform=axes[0].transAxes, fontsize=9, color="gray")
     if len(axes) > 1:
         axes[1].legend(fontsize=8)
     if title:

@@ -47,3 +47,24 @@ def test_curves_put_the_stages_one_after_the_other(tmp_path):
     np.testing.assert_allclose(finetune_t1w.get_ydata(), [4.0, 3.0, 2.0], rtol=1e-6)
     assert [t.get_text() for t in mae_axis.get_legend().get_texts()] == ["T1w", "T2w"]
     assert len(figures.png_bytes(fig)) > 1000
+
+
+def test_a_run_of_a_few_steps_still_draws_its_one_interval_and_lays_out():
+    """Two steps logged once: the single L1 point gets a marker (a line of one point is
+    invisible), and the stage label at step 0, outside the axis, does not collapse the
+    constrained layout (matplotlib warns when it does)."""
+    import warnings
+
+    scalars = {"pretrain": {"train/l1": [(2, 0.4)], "val/t1w/mae": [(2, 25.0)],
+                            "val/t1w/psnr": [(2, 11.0)]}}
+    fig = figures.training_curves_figure(scalars, contrast_names=("t1w",))
+    assert [line.get_marker() for line in fig.axes[0].lines] == ["."]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figures.png_bytes(fig)
+    assert not [w for w in caught if "constrained_layout" in str(w.message)]
+    # no training interval logged at all: said in the panel, which stays linear
+    del scalars["pretrain"]["train/l1"]
+    fig = figures.training_curves_figure(scalars, contrast_names=("t1w",))
+    assert fig.axes[0].get_yscale() == "linear"
+    assert "no training interval logged" in [t.get_text() for t in fig.axes[0].texts]
