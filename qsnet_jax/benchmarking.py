@@ -147,9 +147,15 @@ def run_torch_twin(torch_python: str, twin_script: str, *, variants: str, batch_
                f"--batch_size={batch_size}", f"--height={height}", f"--width={width}",
                f"--in_channels={in_channels}", f"--out_channels={out_channels}",
                f"--steps={steps}", f"--upsample={upsample}"]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    return json_lines_of(command, what="the torch twin")
+
+
+def json_lines_of(command, env=None, *, what: str = "") -> list[dict]:
+    """The JSON lines a child process prints; RuntimeError with its last output when it
+    fails (`what` names it in the message)."""
+    done = subprocess.run(list(command), capture_output=True, text=True, env=env, check=False)
     if done.returncode:
-        raise RuntimeError(f"the torch twin failed ({' '.join(command)}):\n"
+        raise RuntimeError(f"{what or 'a child'} failed ({' '.join(command)}):\n"
                            f"{done.stderr[-2000:]}")
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 

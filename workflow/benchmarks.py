@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import csv
 import io as text_io
-import json
 import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +23,7 @@ import numpy as np
 
 from data_pipelines import input_pipeline, tfds_builder
 from data_pipelines.phantom import presets, simulate, writer
-from qsnet_jax import inference, io, metrics, models, xla_cpu
+from qsnet_jax import benchmarking, inference, io, metrics, models, xla_cpu
 from qsnet_jax.models import layers
 from qsnet_jax.physics.channels import ALL_CHANNELS
 from qsnet_jax.physics.dictionary import build_dictionary, dictionary_grid, match
@@ -115,14 +113,6 @@ def conv_library_environment(library: str) -> dict:
         CONV_LIBRARY_OPTIONS[library]))
 
 
-def json_lines_of(command: Sequence[str], env=None) -> list[dict]:
-    """The JSON lines a child prints; RuntimeError with its last output when it fails."""
-    done = subprocess.run(list(command), capture_output=True, text=True, env=env, check=False)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-
-
 def bench_conv_libraries(layers: Sequence[str], *, batch: int, repeats: int,
                          libraries: Sequence[str], torch_python: str = "") -> dict:
     """Each layer timed by each XLA convolution library, one child process per library
@@ -131,11 +121,13 @@ def bench_conv_libraries(layers: Sequence[str], *, batch: int, repeats: int,
     common = [f"--layers={','.join(layers)}", f"--batch={batch}", f"--repeats={repeats}"]
     result = {"batch": batch, "repeats": repeats, "layers": {spec: {} for spec in layers}}
     for library in libraries:
-        for record in json_lines_of([sys.executable, "-m", "experiments.bench_conv", "--child",
-                                     *common], env=conv_library_environment(library)):
+        for record in benchmarking.json_lines_of(
+                [sys.executable, "-m", "experiments.bench_conv", "--child", *common],
+                env=conv_library_environment(library), what=f"the {library} timing"):
             result["layers"][record["layer"]][library] = record
     if torch_python:
-        for record in json_lines_of([torch_python, TORCH_CONV_SCRIPT, *common]):
+        for record in benchmarking.json_lines_of([torch_python, TORCH_CONV_SCRIPT, *common],
+                                                 what="the PyTorch layers"):
             result["layers"][record["layer"]][f"torch_{record['memory_format']}"] = record
     result["gflop_per_sec"] = conv_summary_rows(result["layers"])
     return result
