@@ -209,15 +209,15 @@ def _diff(a, b, prefix=""):
 
 
 def run_variant(name: str, vconfig, vdir: str, split: str, cohort_dir: str, *, index: int,
-                total: int, stream=sys.stdout) -> dict:
-    """Train (or reuse) one variant and evaluate it on ``split``; returns its eval record."""
+                total: int, to_train: bool, stream=sys.stdout) -> dict:
+    """Train (or reuse) one variant and evaluate it on ``split``; returns its eval record.
+    ``to_train``: whether it has stages left to train (``not train_eval.is_trained``)."""
     _check_same_config(vdir, vconfig, name)
     started = time.time()
     stages = tuple(vconfig.stages)
-    trained = not train_eval.is_trained(vconfig, vdir)
     what = ("physics baseline (closed-form scale fit)" if vconfig.model.name == "physics"
             else f"training {vconfig.model.name}")
-    if not trained:
+    if not to_train:
         _say(stream, f"[study] variant {index}/{total} {name}: reusing the finished "
              f"stages {', '.join(stages)} in {vdir}")
     else:
@@ -230,7 +230,7 @@ def run_variant(name: str, vconfig, vdir: str, split: str, cohort_dir: str, *, i
     # evaluation found here predates a (re)training of this run and is redone.
     job_evaluated = (bool(vconfig.eval.after_each_stage)
                      and split == str(vconfig[stages[-1]].eval_split))
-    if os.path.exists(metrics_path) and (not trained or job_evaluated):
+    if os.path.exists(metrics_path) and (not to_train or job_evaluated):
         _say(stream, f"  reusing the evaluation {metrics_path}")
     else:
         _say(stream, f"  evaluating {name} on {split}")
@@ -393,7 +393,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, make_parents: 
             started = time.time()
             per_seed[name].append(run_variant(
                 label, vconfigs[name], os.path.join(folder, name), split, cohort_dirs[name],
-                index=s * len(names) + i + 1, total=progress.total, stream=stream))
+                index=s * len(names) + i + 1, total=progress.total,
+                to_train=untrained[seed, name], stream=stream))
             _say(stream, progress.record(time.time() - started,
                                          trained=untrained[seed, name]))
     reference = str(config.study.get("reference", ""))
